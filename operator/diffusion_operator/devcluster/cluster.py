@@ -1,0 +1,393 @@
+"""Start, check and stop one local cluster: real control-plane processes on 127.0.0.1.
+
+A cluster lives in a state directory (``state.json``, PKI, kubeconfig, etcd data, logs).
+Every component is a child process started in its own session; its pid and kernel start
+time are recorded so ``down`` stops exactly the processes this cluster started and never a
+recycled pid. Ports are chosen free at start, so a test cluster and a ``dev up`` cluster run
+side by side without colliding.
+
+Start order: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, then the
+simulated nodes and CRDs are applied, then Prometheus. A component that does not become
+healthy raises ``ComponentStartError`` naming it with the tail of its log, after the ones
+already started are stopped again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from . import manifests, pki, toolchain
+
+Progress = Callable[[str], None]
+REPO_CRDS = Path(__file__).resolve().parents[3] / "crds"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "prometheus")
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be brought up or used."""
+
+
+class ComponentStartError(ClusterError):
+    def __init__(self, component: str, reason: str, log_tail: str):
+        self.component = component
+        super().__init__(f"{component} failed to start: {reason}\n--- last lines of its log ---\n{log_tail}")
+
+
+@dataclass
+class ClusterConfig:
+    name: str = "dev"
+    state_dir: Path = field(default_factory=lambda: toolchain.cache_root() / "clusters" / "dev")
+    gpu_nodes: int = 2
+    gpus_per_node: int = 8
+    cpu_nodes: int = 1
+    gpu_product: str = manifests.DEFAULT_GPU_PRODUCT
+    prometheus: bool = True
+    scrape_interval: str = "5s"
+    project_crds: Path | None = REPO_CRDS
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    pid: int | None
+    running: bool
+    healthy: bool
+    detail: str
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _proc_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime) comes after the parenthesised command name, which may hold spaces.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int | None, start_time: str | None) -> bool:
+    if not pid:
+        return False
+    current = _proc_start_time(pid)
+    if current is None or current != start_time:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class LocalCluster:
+    """One local cluster, addressed by its state directory."""
+
+    def __init__(self, config: ClusterConfig, tools: toolchain.Toolchain | None = None):
+        self.config = config
+        self.dir = Path(config.state_dir)
+        self._tools = tools
+
+    # --- paths and state -------------------------------------------------------------------
+    @property
+    def tools(self) -> toolchain.Toolchain:
+        if self._tools is None:
+            self._tools = toolchain.ensure_toolchain()
+        return self._tools
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, state: dict) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+    @property
+    def server(self) -> str:
+        return self.state()["server"]
+
+    @property
+    def prometheus_url(self) -> str | None:
+        return self.state().get("prometheus_url")
+
+    @property
+    def prometheus_targets_dir(self) -> Path:
+        return self.dir / "prometheus" / "targets"
+
+    # --- kubectl ---------------------------------------------------------------------------
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                kubeconfig: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        cmd = [str(self.tools.kubectl), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
+        return proc
+
+    def token_kubeconfig(self, token: str, path: Path, namespace: str = "default") -> Path:
+        """Write a kubeconfig that authenticates with ``token`` only (no admin certificate)."""
+        path.write_text(yaml.safe_dump(manifests.token_kubeconfig(
+            self.server, self.dir / "pki" / "ca.crt", token, f"{self.config.name}-token", namespace)))
+        path.chmod(0o600)
+        return path
+
+    # --- health ----------------------------------------------------------------------------
+    def _ssl_admin(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.dir / "pki" / "ca.crt"))
+        ctx.load_cert_chain(str(self.dir / "pki" / "admin.crt"), str(self.dir / "pki" / "admin.key"))
+        return ctx
+
+    def _probe(self, name: str, comp: dict) -> tuple[bool, str]:
+        url = comp.get("health")
+        if not url:
+            return True, "no health endpoint"
+        if name == "kube-apiserver":
+            ctx: ssl.SSLContext | None = self._ssl_admin()
+        elif url.startswith("https"):
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE  # component self-signed serving certs; loopback only
+        else:
+            ctx = None
+        try:
+            with urllib.request.urlopen(url, timeout=3, context=ctx) as resp:
+                body = resp.read(200).decode(errors="replace").strip()
+                return resp.status == 200, f"{url} -> {resp.status} {body[:60]}"
+        except urllib.error.HTTPError as exc:
+            return False, f"{url} -> {exc.code}"
+        except (OSError, urllib.error.URLError) as exc:
+            return False, f"{url} -> {getattr(exc, 'reason', exc)}"
+
+    def status(self) -> list[ComponentStatus]:
+        state = self.state()
+        out = []
+        for name in COMPONENTS:
+            comp = state.get("components", {}).get(name)
+            if comp is None:
+                continue
+            alive = _alive(comp.get("pid"), comp.get("start_time"))
+            healthy, detail = self._probe(name, comp) if alive else (False, "process not running")
+            out.append(ComponentStatus(name, comp.get("pid"), alive, healthy, detail))
+        return out
+
+    def is_running(self) -> bool:
+        st = self.status()
+        return bool(st) and all(c.healthy for c in st)
+
+    # --- start -----------------------------------------------------------------------------
+    def _spawn(self, state: dict, name: str, cmd: list[str], health: str | None, env: dict | None = None) -> None:
+        logs = self.dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"{name}.log"
+        with open(log, "ab") as fh:
+            fh.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+            fh.flush()
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=env, cwd=self.dir)
+        state.setdefault("components", {})[name] = {
+            "pid": proc.pid, "start_time": _proc_start_time(proc.pid), "cmd": cmd, "log": str(log), "health": health,
+        }
+        self._save(state)
+
+    def _wait_healthy(self, state: dict, name: str, timeout: float) -> None:
+        comp = state["components"][name]
+        deadline = time.monotonic() + timeout
+        detail = ""
+        while time.monotonic() < deadline:
+            if not _alive(comp["pid"], comp["start_time"]):
+                raise ComponentStartError(name, "process exited", _tail(Path(comp["log"])))
+            ok, detail = self._probe(name, comp)
+            if ok:
+                return
+            time.sleep(0.3)
+        raise ComponentStartError(name, f"not healthy after {timeout:.0f} s ({detail})", _tail(Path(comp["log"])))
+
+    def up(self, progress: Progress | None = None) -> dict:
+        """Start the cluster, or report the running one. Returns the state."""
+        say = progress or (lambda _m: None)
+        if self.is_running():
+            say(f"Cluster '{self.config.name}' is already running ({self.server}).")
+            return self.state()
+        if self.state().get("components"):
+            say("Found a partly running cluster; stopping its leftovers before starting again.")
+            self.down()
+        tools = self.tools
+        self.dir.mkdir(parents=True, exist_ok=True)
+        keys = pki.ensure_pki(self.dir / "pki")
+        ports = {n: free_port() for n in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok", "prometheus")}
+        server = f"https://127.0.0.1:{ports['apiserver']}"
+        state: dict = {"name": self.config.name, "server": server, "ports": ports, "components": {},
+                       "config": {"gpu_nodes": self.config.gpu_nodes, "gpus_per_node": self.config.gpus_per_node}}
+        self._save(state)
+        self.kubeconfig.write_text(yaml.safe_dump(manifests.admin_kubeconfig(
+            server, keys.ca_cert, keys.admin_cert, keys.admin_key, self.config.name)))
+        self.kubeconfig.chmod(0o600)
+        try:
+            self._start_all(state, tools, keys, ports, say)
+        except BaseException:
+            self.down()
+            raise
+        return self.state()
+
+    def _start_all(self, state: dict, tools: toolchain.Toolchain, keys: pki.ClusterPKI, ports: dict,
+                   say: Progress) -> None:
+        etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+        peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
+        say("starting etcd")
+        self._spawn(state, "etcd", [
+            str(tools.etcd), "--name=default", f"--data-dir={self.dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=default={peer_url}", "--unsafe-no-fsync", "--log-level=warn",
+            "--quota-backend-bytes=4294967296",
+        ], f"{etcd_url}/health")
+        self._wait_healthy(state, "etcd", 30)
+
+        say("starting kube-apiserver")
+        self._spawn(state, "kube-apiserver", [
+            str(tools.kube_apiserver), f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+            "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
+            f"--cert-dir={self.dir / 'pki' / 'apiserver-generated'}",
+            f"--tls-cert-file={keys.serving_cert}", f"--tls-private-key-file={keys.serving_key}",
+            f"--client-ca-file={keys.ca_cert}", "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={keys.sa_pub}", f"--service-account-signing-key-file={keys.sa_key}",
+            "--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true",
+            "--profiling=false", "--event-ttl=1h", "--v=0",
+        ], f"{state['server']}/readyz")
+        self._wait_healthy(state, "kube-apiserver", 120)
+
+        say("starting kube-controller-manager and kube-scheduler")
+        common = [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1",
+                  "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+                  f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
+                  "--profiling=false"]
+        self._spawn(state, "kube-controller-manager", [
+            str(tools.kube_controller_manager), *common, f"--secure-port={ports['kcm']}",
+            f"--cert-dir={self.dir / 'pki' / 'kcm-generated'}",
+            f"--service-account-private-key-file={keys.sa_key}", f"--root-ca-file={keys.ca_cert}",
+            "--use-service-account-credentials=false", "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+            "--concurrent-gc-syncs=10", "--node-monitor-grace-period=60s",
+        ], f"https://127.0.0.1:{ports['kcm']}/healthz")
+        self._spawn(state, "kube-scheduler", [
+            str(tools.kube_scheduler), *common, f"--secure-port={ports['scheduler']}",
+            f"--cert-dir={self.dir / 'pki' / 'scheduler-generated'}",
+        ], f"https://127.0.0.1:{ports['scheduler']}/healthz")
+        self._wait_healthy(state, "kube-controller-manager", 60)
+        self._wait_healthy(state, "kube-scheduler", 60)
+
+        say("starting kwok (simulated nodes)")
+        stages = self.dir / "kwok-stages.yaml"
+        stages.write_text("\n---\n".join(p.read_text() for p in tools.kwok_stages))
+        self._spawn(state, "kwok", [
+            str(tools.kwok), f"--kubeconfig={self.kubeconfig}", f"--config={stages}",
+            "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={manifests.KWOK_ANNOTATION}=fake",
+            f"--server-address=127.0.0.1:{ports['kwok']}", "--node-ip=10.244.0.1", "--cidr=10.244.0.0/16",
+        ], f"http://127.0.0.1:{ports['kwok']}/healthz")
+        self._wait_healthy(state, "kwok", 60)
+
+        say(f"adding {self.config.gpu_nodes} simulated GPU node(s) with {self.config.gpus_per_node} GPU(s) each")
+        nodes = manifests.cluster_nodes(self.config.gpu_nodes, self.config.gpus_per_node,
+                                        cpu_nodes=self.config.cpu_nodes, gpu_product=self.config.gpu_product)
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
+
+        say("installing Gateway API and Prometheus Operator CRDs")
+        crd_files = [*tools.gateway_api_crds, *tools.monitoring_crds]
+        if self.config.project_crds and Path(self.config.project_crds).is_dir():
+            crd_files += sorted(Path(self.config.project_crds).glob("*.yaml"))
+        args = ["apply", "--server-side", "--force-conflicts", "--field-manager=diffusion-dev"]
+        for f in crd_files:
+            args += ["-f", str(f)]
+        self.kubectl(*args)
+        self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
+
+        if self.config.prometheus:
+            say("starting Prometheus")
+            pdir = self.dir / "prometheus"
+            self.prometheus_targets_dir.mkdir(parents=True, exist_ok=True)
+            cfg = pdir / "prometheus.yml"
+            cfg.write_text(yaml.safe_dump(manifests.prometheus_config(
+                self.config.scrape_interval, self.prometheus_targets_dir, ports["prometheus"])))
+            self._spawn(state, "prometheus", [
+                str(tools.prometheus), f"--config.file={cfg}", f"--storage.tsdb.path={pdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{ports['prometheus']}", "--web.enable-lifecycle",
+                "--storage.tsdb.retention.time=30d",
+            ], f"http://127.0.0.1:{ports['prometheus']}/-/ready")
+            self._wait_healthy(state, "prometheus", 60)
+            state["prometheus_url"] = f"http://127.0.0.1:{ports['prometheus']}"
+            self._save(state)
+
+    # --- stop ------------------------------------------------------------------------------
+    def down(self, timeout: float = 15) -> list[str]:
+        """Stop exactly the processes this cluster started (recorded pid and start time)."""
+        state = self.state()
+        stopped = []
+        for name in reversed(COMPONENTS):
+            comp = state.get("components", {}).get(name)
+            if not comp or not _alive(comp.get("pid"), comp.get("start_time")):
+                continue
+            pid = comp["pid"]
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _alive(pid, comp["start_time"]):
+                _reap(pid)
+                time.sleep(0.1)
+            if _alive(pid, comp["start_time"]):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                for _ in range(50):
+                    _reap(pid)
+                    if not _alive(pid, comp["start_time"]):
+                        break
+                    time.sleep(0.1)
+            stopped.append(name)
+        if state:
+            state["components"] = {}
+            self._save(state)
+        return stopped
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child's exit status so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
