@@ -11,6 +11,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
+
+# The operator's timer must tick faster than production's in tests (read at import).
+os.environ.setdefault("DIFFUSION_OPERATOR_TICK_SECONDS", "1")
 
 from diffusion_operator.devcluster import toolchain
 from diffusion_operator.devcluster.cluster import ClusterConfig, LocalCluster
@@ -24,13 +28,13 @@ def tools() -> toolchain.Toolchain:
 
 
 @pytest.fixture(scope="session")
-def prometheus_bin(tools) -> Path:
-    return tools.prometheus
+def prometheus_bin() -> Path:
+    return toolchain.ensure_prometheus()[0]
 
 
 @pytest.fixture(scope="session")
-def promtool_bin(tools) -> Path:
-    return tools.promtool
+def promtool_bin() -> Path:
+    return toolchain.ensure_prometheus()[1]
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +58,70 @@ def namespace(cluster, request):
         yield name
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+OPERATOR_NS = "diffusion-system"
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(cluster, tmp_path_factory) -> Path:
+    """A kubeconfig for a ServiceAccount bound to exactly the chart's RBAC rules: the operator
+    under test runs with it, not as cluster admin, so a missing permission fails a test."""
+    rules = yaml.safe_load((REPO / "charts/diffusion-operator/files/rbac-rules.yaml").read_text())
+    objs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "diffusion-operator", "namespace": OPERATOR_NS}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "diffusion-operator-test"},
+         "rules": rules["framework"] + rules["application"]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "diffusion-operator-test"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "diffusion-operator-test"},
+         "subjects": [{"kind": "ServiceAccount", "name": "diffusion-operator", "namespace": OPERATOR_NS}]},
+    ]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
+    token = cluster.kubectl("-n", OPERATOR_NS, "create", "token", "diffusion-operator", "--duration=6h").stdout.strip()
+    return cluster.token_kubeconfig(token, tmp_path_factory.mktemp("operator") / "kubeconfig", OPERATOR_NS)
+
+
+class OperatorProcess:
+    """The operator in-process under kopf.testing.KopfRunner, authenticated as its ServiceAccount."""
+
+    def __init__(self, kubeconfig: Path, extra_env: dict | None = None):
+        self.kubeconfig = kubeconfig
+        self.extra_env = extra_env or {}
+        self._runner = None
+        self._saved: dict = {}
+
+    def start(self):
+        from kopf.testing import KopfRunner
+
+        env = {"KUBECONFIG": str(self.kubeconfig), **self.extra_env}
+        self._saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        self._runner = KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "diffusion_operator.handlers"],
+                                  timeout=60)
+        self._runner.__enter__()
+        return self
+
+    def stop(self):
+        if self._runner is not None:
+            self._runner.__exit__(None, None, None)
+            self._runner = None
+        for k, v in self._saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    @property
+    def output(self) -> str:
+        return self._runner.stdout if self._runner else ""
+
+
+@pytest.fixture(scope="session")
+def operator(operator_kubeconfig):
+    op = OperatorProcess(operator_kubeconfig, {"DIFFUSION_OPERATOR_ALLOW_FILE_SOURCES": "1"}).start()
+    try:
+        yield op
+    finally:
+        op.stop()

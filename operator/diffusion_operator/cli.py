@@ -44,8 +44,8 @@ def _next_steps(cluster: LocalCluster) -> str:
         f"  export KUBECONFIG={kc}",
         f"  export PATH={shlex.quote(str(kubectl.parent))}:$PATH   # kubectl {cluster.tools.k8s_version}",
         "  kubectl get nodes -L nvidia.com/gpu.product",
-        "  kubectl apply -f examples/diffusionmodel-minimal.yaml -f examples/inferencepool-minimal.yaml",
-        "  diffusion-operator run            # start the operator against this cluster",
+        "  kubectl apply -f examples/dev/      # a tiny model and pool made for this cluster",
+        "  diffusion-operator run --standalone --allow-file-sources   # the operator, against this cluster",
         "  kubectl get diffusion             # both kinds, with phase and revisions",
     ]
     if cluster.prometheus_url:
@@ -88,6 +88,8 @@ def cmd_dev_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .main import run_operator  # imported late: kopf is heavy and `dev` does not need it
 
+    if args.allow_file_sources:
+        os.environ["DIFFUSION_OPERATOR_ALLOW_FILE_SOURCES"] = "1"
     return run_operator(namespaces=args.namespace or None, liveness_port=args.liveness_port,
                         metrics_port=args.metrics_port, peering=args.peering, standalone=args.standalone,
                         verbose=args.verbose)
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--peering", default=os.environ.get("KOPF_PEERING", "diffusion-operator"),
                      help="Kopf peering object name: only one operator replica is active at a time")
     run.add_argument("--standalone", action="store_true", help="no peering (single replica, local runs)")
+    run.add_argument("--allow-file-sources", action="store_true",
+                     help="accept file:// model sources (local development only: they read the node's disk)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 

@@ -1,0 +1,248 @@
+"""The operator on the real local cluster, running as its least-privilege ServiceAccount.
+
+Resources come from examples/dev (a file:// model the simulated nodes never read); pods are
+scheduled by the real scheduler onto kwok's simulated GPU nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+DM = REPO / "examples/dev/diffusionmodel-tiny.yaml"
+POOL = REPO / "examples/dev/inferencepool-tiny.yaml"
+LABEL_POOL = "diffusion.serving.dev/pool"
+
+
+def get(cluster, ns, kind, name=None, selector=None, check=True):
+    args = ["-n", ns, "get", kind] + ([name] if name else []) + (["-l", selector] if selector else []) + ["-o", "json"]
+    res = cluster.kubectl(*args, check=check)
+    return json.loads(res.stdout) if res.returncode == 0 else None
+
+
+def wait(predicate, timeout=60, interval=0.5, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def condition(obj, type_):
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+
+
+def pool_ready(cluster, ns, name="tiny", replicas=2):
+    def check():
+        p = get(cluster, ns, "inferencepool", name)
+        st = p.get("status") or {}
+        return st.get("phase") == "Ready" and st.get("readyReplicas") == replicas and p
+    return wait(check, what=f"pool {name} Ready with {replicas} replicas")
+
+
+def events(cluster, ns, name):
+    return json.loads(cluster.kubectl("-n", ns, "get", "events", "--field-selector",
+                                      f"involvedObject.name={name}", "-o", "json").stdout)["items"]
+
+
+def apply_examples(cluster, ns, *paths):
+    args = ["-n", ns, "apply"]
+    for p in paths:
+        args += ["-f", str(p)]
+    cluster.kubectl(*args)
+
+
+def test_pool_becomes_ready_with_gpu_workload(cluster, namespace, operator):
+    apply_examples(cluster, namespace, DM, POOL)
+    pool = pool_ready(cluster, namespace)
+    dm = get(cluster, namespace, "diffusionmodel", "tiny")
+    assert condition(dm, "Ready")["status"] == "True"
+    st = pool["status"]
+    assert st["modelRevision"] == dm["status"]["revision"]
+    revision = st["desiredRevision"]
+    assert st["observedGeneration"] == pool["metadata"]["generation"]
+    assert st["rollout"]["stableRevision"] == revision
+    assert condition(pool, "Ready")["observedGeneration"] == pool["metadata"]["generation"]
+
+    # printer columns a user sees
+    table = cluster.kubectl("-n", namespace, "get", "inferencepools.diffusion.serving.dev", "tiny").stdout
+    header, row = table.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "MODEL", "PHASE", "DESIRED", "READY"]
+    assert row.split()[:6] == ["tiny", "tiny", "Ready", "2", "2", revision]
+
+    dep = get(cluster, namespace, "deployment", f"tiny-{revision}")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["terminationGracePeriodSeconds"] > 60
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["SAMPLER_POOL"] == "tiny" and env["SAMPLER_REVISION"] == revision
+    assert env["SAMPLER_MAX_BATCH_SIZE"] == "4"
+    owner = dep["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "InferencePool" and owner["name"] == "tiny" and owner["controller"] is True
+
+    pods = get(cluster, namespace, "pods", selector=f"{LABEL_POOL}=tiny")["items"]
+    assert len(pods) == 2
+    assert all(p["status"]["phase"] == "Running" and p["spec"]["nodeName"].startswith("gpu-node-") for p in pods)
+    for kind in ("service/tiny", f"service/tiny-{revision}", "poddisruptionbudget/tiny", "networkpolicy/tiny",
+                 "podmonitor/tiny", "prometheusrule/tiny-slo"):
+        assert cluster.kubectl("-n", namespace, "get", kind, check=False).returncode == 0, kind
+    netpol = get(cluster, namespace, "networkpolicy", "tiny")
+    assert netpol["spec"]["ingress"] == [{"ports": [{"port": 8000, "protocol": "TCP"}]}]
+
+
+def test_scale_subresource_and_idle_quiet(cluster, namespace, operator):
+    apply_examples(cluster, namespace, DM, POOL)
+    pool_ready(cluster, namespace)
+    cluster.kubectl("-n", namespace, "scale", "inferencepool", "tiny", "--replicas", "3")
+    pool = pool_ready(cluster, namespace, replicas=3)
+    assert pool["spec"]["replicas"] == 3
+    # Nothing changes while nothing happens: no status write, no child write.
+    time.sleep(2)
+    before = get(cluster, namespace, "inferencepool", "tiny")["metadata"]["resourceVersion"]
+    deps_before = {d["metadata"]["name"]: d["metadata"]["resourceVersion"]
+                   for d in get(cluster, namespace, "deployments")["items"]}
+    time.sleep(6)
+    assert get(cluster, namespace, "inferencepool", "tiny")["metadata"]["resourceVersion"] == before
+    assert {d["metadata"]["name"]: d["metadata"]["resourceVersion"]
+            for d in get(cluster, namespace, "deployments")["items"]} == deps_before
+
+
+def test_drift_is_repaired(cluster, namespace, operator):
+    apply_examples(cluster, namespace, DM, POOL)
+    pool = pool_ready(cluster, namespace)
+    rev = pool["status"]["rollout"]["stableRevision"]
+    cluster.kubectl("-n", namespace, "delete", "service", "tiny")
+    wait(lambda: get(cluster, namespace, "service", "tiny", check=False), what="pool Service recreated")
+    cluster.kubectl("-n", namespace, "patch", "deployment", f"tiny-{rev}", "--type=merge",
+                    "-p", json.dumps({"spec": {"replicas": 5}}))
+    wait(lambda: get(cluster, namespace, "deployment", f"tiny-{rev}")["spec"]["replicas"] == 2,
+         what="replicas put back to 2")
+    cluster.kubectl("-n", namespace, "delete", "networkpolicy", "tiny")
+    wait(lambda: get(cluster, namespace, "networkpolicy", "tiny", check=False), what="NetworkPolicy recreated")
+
+
+def test_model_change_starts_canary_at_weight_zero(cluster, namespace, operator):
+    apply_examples(cluster, namespace, DM, POOL)
+    pool = pool_ready(cluster, namespace)
+    stable = pool["status"]["rollout"]["stableRevision"]
+    # Watch every version of the pool so the first canary status is seen, however brief.
+    watch = subprocess.Popen([str(cluster.tools.kubectl), f"--kubeconfig={cluster.kubeconfig}", "-n", namespace,
+                              "get", "inferencepool", "tiny", "-w", "--output-watch-events", "-o", "json"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        cluster.kubectl("-n", namespace, "patch", "diffusionmodel", "tiny", "--type=merge",
+                        "-p", json.dumps({"spec": {"defaults": {"steps": 8}}}))
+        new_rev = wait(lambda: (r := get(cluster, namespace, "inferencepool", "tiny")["status"]["desiredRevision"])
+                       != stable and r, what="new pool revision")
+        wait(lambda: get(cluster, namespace, "deployment", f"tiny-{new_rev}", check=False), what="canary Deployment")
+        wait(lambda: (get(cluster, namespace, "inferencepool", "tiny")["status"]["rollout"].get("canaryRevision")
+                      == new_rev), what="canary in status")
+    finally:
+        time.sleep(1)
+        watch.terminate()
+        out, _ = watch.communicate(timeout=10)
+    decoder = json.JSONDecoder()
+    objs, pos = [], 0
+    while pos < len(out):
+        while pos < len(out) and out[pos].isspace():
+            pos += 1
+        if pos >= len(out):
+            break
+        obj, pos = decoder.raw_decode(out, pos)
+        objs.append(obj["object"])
+    first_canary = next(o for o in objs if (o.get("status") or {}).get("rollout", {}).get("canaryRevision") == new_rev)
+    ro = first_canary["status"]["rollout"]
+    assert ro["canaryWeight"] == 0
+    assert ro["stableRevision"] == stable
+    # stable keeps serving with its own model snapshot (old steps), canary has the new one
+    stable_env = {e["name"]: e.get("value") for e in
+                  get(cluster, namespace, "deployment", f"tiny-{stable}")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    canary_env = {e["name"]: e.get("value") for e in
+                  get(cluster, namespace, "deployment", f"tiny-{new_rev}")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert stable_env["SAMPLER_DEFAULT_STEPS"] == "4" and canary_env["SAMPLER_DEFAULT_STEPS"] == "8"
+    assert get(cluster, namespace, "deployment", f"tiny-{stable}")["status"]["readyReplicas"] == 2
+    reasons = {e["reason"] for e in events(cluster, namespace, "tiny")}
+    assert "RolloutStarted" in reasons
+
+
+def test_insufficient_gpus_is_reported(cluster, namespace, operator):
+    apply_examples(cluster, namespace, DM)
+    pool = yaml.safe_load(POOL.read_text())
+    pool["spec"]["gpu"]["count"] = 16
+    cluster.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(pool))
+
+    def insufficient():
+        p = get(cluster, namespace, "inferencepool", "tiny")
+        c = condition(p, "Ready")
+        return c and c["status"] == "False" and c["reason"] == "InsufficientGPU" and c
+    c = wait(insufficient, what="Ready=False/InsufficientGPU")
+    assert "16 nvidia.com/gpu" in c["message"]
+    assert any(e["reason"] == "InsufficientGPU" and e["type"] == "Warning" for e in events(cluster, namespace, "tiny"))
+
+
+def test_missing_model_then_created(cluster, namespace, operator):
+    apply_examples(cluster, namespace, POOL)
+
+    def missing():
+        p = get(cluster, namespace, "inferencepool", "tiny")
+        c = condition(p, "ReferencesResolved")
+        return c and c["status"] == "False" and c["reason"] == "ModelNotFound" and c
+    c = wait(missing, what="ModelNotFound")
+    assert "DiffusionModel" in c["message"] and "tiny" in c["message"]
+    assert any(e["reason"] == "ModelNotFound" and e["type"] == "Warning" for e in events(cluster, namespace, "tiny"))
+    assert not get(cluster, namespace, "deployments")["items"]
+    apply_examples(cluster, namespace, DM)
+    pool_ready(cluster, namespace)
+
+
+def test_missing_secret_on_model(cluster, namespace, operator):
+    dm = {"apiVersion": "diffusion.serving.dev/v1alpha1", "kind": "DiffusionModel", "metadata": {"name": "gated"},
+          "spec": {"source": {"uri": "hf://org/gated-model", "revision": "0123456789abcdef0123456789abcdef01234567",
+                              "tokenSecretRef": {"name": "hf-token"}}}}
+    cluster.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(dm))
+
+    def not_found():
+        c = condition(get(cluster, namespace, "diffusionmodel", "gated"), "Ready")
+        return c and c["status"] == "False" and c["reason"] == "SecretNotFound" and c
+    c = wait(not_found, what="SecretNotFound")
+    assert "hf-token" in c["message"]
+    cluster.kubectl("-n", namespace, "create", "secret", "generic", "hf-token", "--from-literal=token=hf_x")
+    wait(lambda: (condition(get(cluster, namespace, "diffusionmodel", "gated"), "Ready") or {}).get("status") == "True",
+         timeout=90, what="Ready after the Secret exists")
+
+
+def test_deleting_pool_removes_children(cluster, namespace, operator):
+    apply_examples(cluster, namespace, DM, POOL)
+    pool_ready(cluster, namespace)
+    cluster.kubectl("-n", namespace, "delete", "inferencepool", "tiny")
+    for kind in ("deployments", "services", "poddisruptionbudgets", "networkpolicies", "podmonitors",
+                 "controllerrevisions"):
+        wait(lambda k=kind: not get(cluster, namespace, k, selector=f"{LABEL_POOL}=tiny")["items"],
+             what=f"{kind} garbage-collected")
+
+
+def test_invalid_update_rejected_and_nothing_lost(cluster, namespace, operator):
+    apply_examples(cluster, namespace, DM, POOL)
+    pool_ready(cluster, namespace)
+    res = cluster.kubectl("-n", namespace, "patch", "inferencepool", "tiny", "--type=merge",
+                          "-p", json.dumps({"spec": {"batching": {"maxBatchSize": 0}}}), check=False)
+    assert res.returncode != 0
+    assert "maxBatchSize" in res.stderr
+    assert get(cluster, namespace, "inferencepool", "tiny")["spec"]["batching"]["maxBatchSize"] == 4
