@@ -233,7 +233,8 @@ def reconcile_pool(kube: Kube, pool_obj: dict, *, now: dt.datetime | None = None
                                    f"{ready}/{pool.replicas} replicas of revision {ro.stable_revision} ready", gen)
         conds = cond.set_condition(conds, cond.DEGRADED, False, "AsExpected", "no problems", gen)
     else:
-        phase = "Progressing" if ready == 0 and not old.get("readyReplicas") else "Degraded" if ready < 1 else "Progressing"
+        # Losing every ready replica after having had some is Degraded; starting up is Progressing.
+        phase = "Degraded" if ready == 0 and old.get("readyReplicas") else "Progressing"
         conds = cond.set_condition(conds, cond.READY, False, "ReplicasNotReady",
                                    f"{ready}/{pool.replicas} replicas of revision {ro.stable_revision} ready", gen)
         conds = cond.set_condition(conds, cond.DEGRADED, ready < 1 and bool(old.get("readyReplicas")),
