@@ -203,8 +203,8 @@ def reconcile_pool(kube: Kube, pool_obj: dict, *, now: dt.datetime | None = None
                                    "pool Service selects every ready revision; weights follow replica counts", gen)
     if pool.autoscaling:
         kube.apply(builders.hpa(pool_obj, pool))
-    else:
-        kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", name, ns)
+    elif kube.get("autoscaling/v2", "HorizontalPodAutoscaler", name, ns) is not None:
+        kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", name, ns)  # autoscaling was switched off
     kube.apply(builders.pdb(pool_obj))
     kube.apply(builders.network_policy(pool_obj))
     if pool.monitoring_enabled:
