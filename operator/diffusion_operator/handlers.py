@@ -35,6 +35,22 @@ log = logging.getLogger("diffusion_operator.handlers")
 TICK_SECONDS = float(os.environ.get("DIFFUSION_OPERATOR_TICK_SECONDS", "5"))
 PROMETHEUS_URL = os.environ.get("DIFFUSION_OPERATOR_PROMETHEUS_URL")
 _locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_phases: dict[tuple[str, str], str] = {}
+_phases_lock = threading.Lock()
+
+
+def _track_phase(key: tuple[str, str], phase: str | None) -> None:
+    """Keep diffusion_operator_pools{phase} equal to the pools we know, by phase."""
+    with _phases_lock:
+        if phase is None:
+            _phases.pop(key, None)
+        else:
+            _phases[key] = phase
+        counts: dict[str, int] = defaultdict(int)
+        for p in _phases.values():
+            counts[p] += 1
+        for p in ("Pending", "Progressing", "Ready", "Degraded", "Paused", "RolledBack"):
+            metrics.POOLS_BY_PHASE.labels(p).set(counts.get(p, 0))
 
 
 def _changed(old: dict, new: dict) -> dict:
@@ -151,6 +167,8 @@ def run_pool(kube: Kube, body: dict, memo) -> PoolResult:
         if result.error:
             metrics.ERRORS.labels("InferencePool", result.error.reason).inc()
         _export_rollout_metrics(meta["namespace"], meta["name"], result.status)
+        if result.status.get("phase"):
+            _track_phase(key, result.status["phase"])
         return result
 
 
@@ -185,6 +203,12 @@ def pool_changed(body, memo, **_):
         raise kopf.TemporaryError(str(result.error), delay=result.error.delay)
     if isinstance(result.error, PermanentError):
         raise kopf.PermanentError(str(result.error))
+
+
+@kopf.on.event(API_GROUP, API_VERSION, "inferencepools", id="pool-gone")
+def pool_event(body, type, **_):
+    if type == "DELETED":
+        _track_phase((body["metadata"]["namespace"], body["metadata"]["name"]), None)
 
 
 @kopf.timer(API_GROUP, API_VERSION, "inferencepools", interval=TICK_SECONDS, initial_delay=TICK_SECONDS)
