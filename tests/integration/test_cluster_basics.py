@@ -6,6 +6,8 @@ import json
 import time
 
 import pytest
+
+from tests.waiting import wait_for
 import yaml
 
 pytestmark = pytest.mark.integration
@@ -28,17 +30,6 @@ def _get(cluster, namespace, kind, name) -> dict:
     return json.loads(cluster.kubectl("-n", namespace, "get", kind, name, "-o", "json").stdout)
 
 
-def _wait(predicate, timeout=60, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
-
-
 def test_nodes_advertise_gpus(cluster):
     nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     gpu_nodes = [n for n in nodes if n["status"]["allocatable"].get("nvidia.com/gpu")]
@@ -51,7 +42,7 @@ def test_nodes_advertise_gpus(cluster):
 
 def test_gpu_pod_runs_on_gpu_node(cluster, namespace):
     cluster.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(_pod("one-gpu", 1)))
-    pod = _wait(lambda: (p := _get(cluster, namespace, "pod", "one-gpu"))["status"].get("phase") == "Running" and p,
+    pod = wait_for(lambda: (p := _get(cluster, namespace, "pod", "one-gpu"))["status"].get("phase") == "Running" and p,
                 what="pod Running")
     assert pod["spec"]["nodeName"].startswith("gpu-node-")
 
@@ -65,13 +56,13 @@ def test_too_many_gpus_stays_pending_unschedulable(cluster, namespace):
         sched = conds.get("PodScheduled")
         return st.get("phase") == "Pending" and sched and sched.get("reason") == "Unschedulable" and sched
 
-    cond = _wait(unschedulable, what="PodScheduled=False/Unschedulable")
+    cond = wait_for(unschedulable, what="PodScheduled=False/Unschedulable")
     assert "nvidia.com/gpu" in cond["message"]
 
 
 def test_gpu_taint_keeps_intolerant_pods_off(cluster, namespace):
     cluster.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(_pod("no-toleration", 1, tolerate=False)))
-    cond = _wait(lambda: next((c for c in _get(cluster, namespace, "pod", "no-toleration")["status"].get("conditions", [])
+    cond = wait_for(lambda: next((c for c in _get(cluster, namespace, "pod", "no-toleration")["status"].get("conditions", [])
                                if c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"), None),
                  what="Unschedulable for the untolerated taint")
     assert "untolerated taint" in cond["message"]
@@ -85,7 +76,7 @@ def test_deleting_owner_garbage_collects_dependents(cluster, namespace):
                  {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}}
     cluster.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(child))
     cluster.kubectl("-n", namespace, "delete", "configmap", "owner")
-    _wait(lambda: cluster.kubectl("-n", namespace, "get", "configmap", "child", check=False).returncode != 0,
+    wait_for(lambda: cluster.kubectl("-n", namespace, "get", "configmap", "child", check=False).returncode != 0,
           what="child garbage-collected")
 
 
@@ -96,7 +87,7 @@ def test_deployment_controller_creates_running_pods(cluster, namespace):
                  "template": {"metadata": {"labels": {"app": "web"}}, "spec": _pod("x", 1)["spec"]}},
     }
     cluster.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(dep))
-    _wait(lambda: _get(cluster, namespace, "deployment", "web")["status"].get("readyReplicas") == 2,
+    wait_for(lambda: _get(cluster, namespace, "deployment", "web")["status"].get("readyReplicas") == 2,
           what="2 ready replicas")
 
 

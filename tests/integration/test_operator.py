@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_for
 import yaml
 
 pytestmark = pytest.mark.integration
@@ -28,17 +30,6 @@ def get(cluster, ns, kind, name=None, selector=None, check=True):
     return json.loads(res.stdout) if res.returncode == 0 else None
 
 
-def wait(predicate, timeout=60, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
 def condition(obj, type_):
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
 
@@ -48,7 +39,7 @@ def pool_ready(cluster, ns, name="tiny", replicas=2):
         p = get(cluster, ns, "inferencepool", name)
         st = p.get("status") or {}
         return st.get("phase") == "Ready" and st.get("readyReplicas") == replicas and p
-    return wait(check, what=f"pool {name} Ready with {replicas} replicas")
+    return wait_for(check, what=f"pool {name} Ready with {replicas} replicas")
 
 
 def events(cluster, ns, name):
@@ -129,13 +120,13 @@ def test_drift_is_repaired(cluster, namespace, operator):
     pool = pool_ready(cluster, namespace)
     rev = pool["status"]["rollout"]["stableRevision"]
     cluster.kubectl("-n", namespace, "delete", "service", "tiny")
-    wait(lambda: get(cluster, namespace, "service", "tiny", check=False), what="pool Service recreated")
+    wait_for(lambda: get(cluster, namespace, "service", "tiny", check=False), what="pool Service recreated")
     cluster.kubectl("-n", namespace, "patch", "deployment", f"tiny-{rev}", "--type=merge",
                     "-p", json.dumps({"spec": {"replicas": 5}}))
-    wait(lambda: get(cluster, namespace, "deployment", f"tiny-{rev}")["spec"]["replicas"] == 2,
+    wait_for(lambda: get(cluster, namespace, "deployment", f"tiny-{rev}")["spec"]["replicas"] == 2,
          what="replicas put back to 2")
     cluster.kubectl("-n", namespace, "delete", "networkpolicy", "tiny")
-    wait(lambda: get(cluster, namespace, "networkpolicy", "tiny", check=False), what="NetworkPolicy recreated")
+    wait_for(lambda: get(cluster, namespace, "networkpolicy", "tiny", check=False), what="NetworkPolicy recreated")
 
 
 def test_model_change_starts_canary_at_weight_zero(cluster, namespace, operator):
@@ -149,10 +140,10 @@ def test_model_change_starts_canary_at_weight_zero(cluster, namespace, operator)
     try:
         cluster.kubectl("-n", namespace, "patch", "diffusionmodel", "tiny", "--type=merge",
                         "-p", json.dumps({"spec": {"defaults": {"steps": 8}}}))
-        new_rev = wait(lambda: (r := get(cluster, namespace, "inferencepool", "tiny")["status"]["desiredRevision"])
+        new_rev = wait_for(lambda: (r := get(cluster, namespace, "inferencepool", "tiny")["status"]["desiredRevision"])
                        != stable and r, what="new pool revision")
-        wait(lambda: get(cluster, namespace, "deployment", f"tiny-{new_rev}", check=False), what="canary Deployment")
-        wait(lambda: (get(cluster, namespace, "inferencepool", "tiny")["status"]["rollout"].get("canaryRevision")
+        wait_for(lambda: get(cluster, namespace, "deployment", f"tiny-{new_rev}", check=False), what="canary Deployment")
+        wait_for(lambda: (get(cluster, namespace, "inferencepool", "tiny")["status"]["rollout"].get("canaryRevision")
                       == new_rev), what="canary in status")
     finally:
         time.sleep(1)
@@ -192,7 +183,7 @@ def test_insufficient_gpus_is_reported(cluster, namespace, operator):
         p = get(cluster, namespace, "inferencepool", "tiny")
         c = condition(p, "Ready")
         return c and c["status"] == "False" and c["reason"] == "InsufficientGPU" and c
-    c = wait(insufficient, what="Ready=False/InsufficientGPU")
+    c = wait_for(insufficient, what="Ready=False/InsufficientGPU")
     assert "16 nvidia.com/gpu" in c["message"]
     assert any(e["reason"] == "InsufficientGPU" and e["type"] == "Warning" for e in events(cluster, namespace, "tiny"))
 
@@ -204,7 +195,7 @@ def test_missing_model_then_created(cluster, namespace, operator):
         p = get(cluster, namespace, "inferencepool", "tiny")
         c = condition(p, "ReferencesResolved")
         return c and c["status"] == "False" and c["reason"] == "ModelNotFound" and c
-    c = wait(missing, what="ModelNotFound")
+    c = wait_for(missing, what="ModelNotFound")
     assert "DiffusionModel" in c["message"] and "tiny" in c["message"]
     assert any(e["reason"] == "ModelNotFound" and e["type"] == "Warning" for e in events(cluster, namespace, "tiny"))
     assert not get(cluster, namespace, "deployments")["items"]
@@ -221,10 +212,10 @@ def test_missing_secret_on_model(cluster, namespace, operator):
     def not_found():
         c = condition(get(cluster, namespace, "diffusionmodel", "gated"), "Ready")
         return c and c["status"] == "False" and c["reason"] == "SecretNotFound" and c
-    c = wait(not_found, what="SecretNotFound")
+    c = wait_for(not_found, what="SecretNotFound")
     assert "hf-token" in c["message"]
     cluster.kubectl("-n", namespace, "create", "secret", "generic", "hf-token", "--from-literal=token=hf_x")
-    wait(lambda: (condition(get(cluster, namespace, "diffusionmodel", "gated"), "Ready") or {}).get("status") == "True",
+    wait_for(lambda: (condition(get(cluster, namespace, "diffusionmodel", "gated"), "Ready") or {}).get("status") == "True",
          timeout=90, what="Ready after the Secret exists")
 
 
@@ -234,7 +225,7 @@ def test_deleting_pool_removes_children(cluster, namespace, operator):
     cluster.kubectl("-n", namespace, "delete", "inferencepool", "tiny")
     for kind in ("deployments", "services", "poddisruptionbudgets", "networkpolicies", "podmonitors",
                  "controllerrevisions"):
-        wait(lambda k=kind: not get(cluster, namespace, k, selector=f"{LABEL_POOL}=tiny")["items"],
+        wait_for(lambda k=kind: not get(cluster, namespace, k, selector=f"{LABEL_POOL}=tiny")["items"],
              what=f"{kind} garbage-collected")
 
 
