@@ -90,6 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.allow_file_sources:
         os.environ["DIFFUSION_OPERATOR_ALLOW_FILE_SOURCES"] = "1"
+    if args.prometheus_url:
+        os.environ["DIFFUSION_OPERATOR_PROMETHEUS_URL"] = args.prometheus_url
     return run_operator(namespaces=args.namespace or None, liveness_port=args.liveness_port,
                         metrics_port=args.metrics_port, peering=args.peering, standalone=args.standalone,
                         verbose=args.verbose)
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--standalone", action="store_true", help="no peering (single replica, local runs)")
     run.add_argument("--allow-file-sources", action="store_true",
                      help="accept file:// model sources (local development only: they read the node's disk)")
+    run.add_argument("--prometheus-url", default=os.environ.get("DIFFUSION_OPERATOR_PROMETHEUS_URL"),
+                     help="Prometheus for canary analysis when a pool sets no spec.prometheus.url")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 

@@ -33,7 +33,6 @@ from .rollout import state_machine as sm
 log = logging.getLogger("diffusion_operator.handlers")
 
 TICK_SECONDS = float(os.environ.get("DIFFUSION_OPERATOR_TICK_SECONDS", "5"))
-PROMETHEUS_URL = os.environ.get("DIFFUSION_OPERATOR_PROMETHEUS_URL")
 _locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _phases: dict[tuple[str, str], str] = {}
 _phases_lock = threading.Lock()
@@ -129,7 +128,7 @@ def _provider_factory(memo):
         from .rollout.metrics_provider import PrometheusProvider
 
         prom = (pool_obj.get("spec") or {}).get("prometheus") or {}
-        url = prom.get("url") or PROMETHEUS_URL
+        url = prom.get("url") or os.environ.get("DIFFUSION_OPERATOR_PROMETHEUS_URL")
         if not url:
             return None
         token = None
