@@ -52,8 +52,18 @@ def _track_phase(key: tuple[str, str], phase: str | None) -> None:
             metrics.POOLS_BY_PHASE.labels(p).set(counts.get(p, 0))
 
 
+def _pruned(value):
+    """The status as the API server stores it: the schema prunes nulls, so compare without them."""
+    if isinstance(value, dict):
+        return {k: _pruned(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
+
+
 def _changed(old: dict, new: dict) -> dict:
     """Merge-patch body turning ``old`` into ``new`` (top-level keys; None deletes)."""
+    new = _pruned(new)
     patch = {k: v for k, v in new.items() if old.get(k) != v}
     for k in old:
         if k not in new:
@@ -144,10 +154,12 @@ def _provider_factory(memo):
     return make
 
 
-def run_pool(kube: Kube, body: dict, memo) -> PoolResult:
+def run_pool(kube: Kube, body: dict, memo, on_lock=None) -> PoolResult:
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
     with _locks[key]:
+        if on_lock:
+            on_lock()
         # Re-read under the lock: another reconcile may have just written the status.
         fresh = kube.get(POOL_API, "InferencePool", meta["name"], meta["namespace"])
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
@@ -184,12 +196,34 @@ def _export_rollout_metrics(ns: str, name: str, status: dict) -> None:
                 metrics.BURN_RATE.labels(ns, name, br.get("sli", "?"), f"{br.get(window_key)}s").set(br[rate_key])
 
 
+_waiting: set[tuple[str, str]] = set()
+_waiting_lock = threading.Lock()
+
+
 def _reconcile_quietly(kube: Kube, body: dict, memo) -> None:
-    """For event-triggered reconciles: errors go to status/events, the pool's own handler retries."""
+    """For event-triggered reconciles: errors go to status/events, the pool's own handler retries.
+
+    Triggers coalesce: when a reconcile of this pool is already waiting for the pool's lock, it
+    will read the newest state anyway, so another one adds nothing. (A trigger that arrives
+    while a reconcile is running, not waiting, still queues one: that reconcile may have read
+    the state before the change.)
+    """
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    with _waiting_lock:
+        if key in _waiting:
+            return
+        _waiting.add(key)
     try:
-        run_pool(kube, body, memo)
+        run_pool(kube, body, memo, on_lock=lambda: _discard_waiting(key))
     except OperatorError as exc:
-        log.warning("reconcile of %s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], exc)
+        log.warning("reconcile of %s/%s: %s", key[0], key[1], exc)
+    finally:
+        _discard_waiting(key)
+
+
+def _discard_waiting(key: tuple[str, str]) -> None:
+    with _waiting_lock:
+        _waiting.discard(key)
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, "inferencepools")
@@ -236,8 +270,36 @@ def _owner_pool(memo, namespace: str, labels: dict) -> dict | None:
 _CHILD_LABELS = {builders.LABEL_POOL: kopf.PRESENT, "app.kubernetes.io/managed-by": "diffusion-operator"}
 
 
+_seen_rollout_state: dict[tuple[str, str], tuple] = {}
+
+
+def _is_echo(kube: Kube, body: dict, type: str | None) -> bool:
+    """True for events that cannot change anything: our own apply coming back, or a status
+    update of a child the pool's status does not read. Deletions and hand edits are never
+    echoes (the object is gone, or its generation/hash no longer matches what we applied)."""
+    if type == "DELETED":
+        return False
+    meta = body["metadata"]
+    kind = body.get("kind", "")
+    if not kube.is_as_applied(kind, meta.get("namespace"), meta["name"], body):
+        return False
+    if kind != "Deployment":
+        return True
+    # Deployments: the pool's replicas, readiness and rollout gates read these fields.
+    st = body.get("status") or {}
+    state = (meta.get("generation"), st.get("observedGeneration"), st.get("replicas"), st.get("readyReplicas"),
+             st.get("updatedReplicas"), st.get("availableReplicas"))
+    key = (meta.get("namespace"), meta["name"])
+    if _seen_rollout_state.get(key) == state:
+        return True
+    _seen_rollout_state[key] = state
+    return False
+
+
 def _child_event(body, memo, type, **_):
     if type is None:  # initial listing at startup: the pool's resume handler covers it
+        return
+    if _is_echo(memo.kube, body, type):
         return
     pool = _owner_pool(memo, body["metadata"]["namespace"], body["metadata"].get("labels"))
     if pool is not None and not pool["metadata"].get("deletionTimestamp"):

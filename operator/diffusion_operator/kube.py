@@ -129,14 +129,19 @@ class Kube:
         cached = self._applied.get(key)
         if cached and cached[0] == digest:
             live = self.get(manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace"))
-            if live is not None and self._marker(live) == cached[1] \
-                    and (live["metadata"].get("annotations") or {}).get(APPLIED_HASH) == digest:
+            if live is not None and self.is_as_applied(manifest["kind"], meta.get("namespace"), meta["name"], live):
                 return live
         manifest = {**manifest, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}),
                                                                       APPLIED_HASH: digest}}}
         obj = self._server_side_apply(manifest)
         self._applied[key] = (digest, self._marker(obj))
         return obj
+
+    def is_as_applied(self, kind: str, namespace: str | None, name: str, live: dict) -> bool:
+        """Whether ``live`` is still exactly what our last apply left (same hash, same marker)."""
+        cached = self._applied.get((kind, namespace, name))
+        return bool(cached) and self._marker(live) == cached[1] \
+            and ((live.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH) == cached[0]
 
     def _server_side_apply(self, manifest: dict) -> dict:
         """Server-side apply with our field manager; conflicts are forced (we own these fields)."""

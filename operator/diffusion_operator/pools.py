@@ -167,7 +167,9 @@ def reconcile_pool(kube: Kube, pool_obj: dict, *, now: dt.datetime | None = None
     for rev in active:
         if rev == desired:
             models[rev] = (model, image)
-            kube.apply(builders.controller_revision(pool_obj, rev, _revision_number(kube, ns, name, rev), model, image))
+            existing = kube.get("apps/v1", "ControllerRevision", builders.revision_name(name, rev), ns)
+            number = int(existing.get("revision") or 1) if existing else _next_revision_number(kube, ns, name)
+            kube.apply(builders.controller_revision(pool_obj, rev, number, model, image))
         else:
             snap = _snapshot(kube, ns, name, rev)
             if snap is None:
@@ -176,6 +178,7 @@ def reconcile_pool(kube: Kube, pool_obj: dict, *, now: dt.datetime | None = None
                                            reason="RevisionSnapshotMissing", delay=30))
             models[rev] = snap
     queue = {q["revision"] for q in ro.scale_down_queue}
+    applied_deps: dict[str, dict] = {}
     for rev in active:
         if rev == ro.stable_revision:
             replicas = pool.replicas
@@ -184,7 +187,7 @@ def reconcile_pool(kube: Kube, pool_obj: dict, *, now: dt.datetime | None = None
         else:  # old stable waiting for its scale-down delay keeps serving drained traffic
             replicas = pool.replicas if rev in queue else 0
         rev_model, rev_image = models[rev]
-        kube.apply(builders.deployment(pool_obj, pool, rev_model, rev, replicas, image=rev_image))
+        applied_deps[rev] = kube.apply(builders.deployment(pool_obj, pool, rev_model, rev, replicas, image=rev_image))
         kube.apply(builders.revision_service(pool_obj, pool, rev))
     kube.apply(builders.pool_service(pool_obj, pool))
     _garbage_collect(kube, ns, name, set(active))
@@ -211,8 +214,7 @@ def reconcile_pool(kube: Kube, pool_obj: dict, *, now: dt.datetime | None = None
         conds = _apply_monitoring(kube, pool_obj, pool, ro, conds, gen)
 
     # 5. status from what the cluster reports
-    stable_dep = kube.get("apps/v1", "Deployment", builders.revision_name(name, ro.stable_revision), ns) \
-        if ro.stable_revision else None
+    stable_dep = applied_deps.get(ro.stable_revision)
     replicas, ready, rolled_out = _deployment_counts(stable_dep)
     pods = kube.list("v1", "Pod", ns, label_selector=f"{builders.LABEL_POOL}={name}")
     no_gpu = _unschedulable_gpu(pods, pool)
@@ -260,11 +262,8 @@ def _weights_text(weights: dict[str, int]) -> str:
     return ", ".join(f"{rev}={w}%" for rev, w in sorted(weights.items(), key=lambda kv: -kv[1])) or "no backends"
 
 
-def _revision_number(kube: Kube, ns: str, pool: str, revision: str) -> int:
+def _next_revision_number(kube: Kube, ns: str, pool: str) -> int:
     existing = kube.list("apps/v1", "ControllerRevision", ns, label_selector=f"{builders.LABEL_POOL}={pool}")
-    for cr in existing:
-        if (cr["metadata"].get("labels") or {}).get(builders.LABEL_REVISION) == revision:
-            return int(cr.get("revision") or 1)
     return max([int(cr.get("revision") or 0) for cr in existing] + [0]) + 1
 
 

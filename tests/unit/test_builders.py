@@ -161,3 +161,13 @@ def test_snapshot_round_trip_rebuilds_the_same_deployment():
 def test_unknown_scheme_is_a_spec_error():
     with pytest.raises(SpecError, match="scheme"):
         model(source={"uri": "ftp://host/model"})
+
+
+def test_status_patch_is_empty_when_only_nulls_differ():
+    from diffusion_operator.handlers import _changed
+
+    stored = {"phase": "Ready", "rollout": {"stableRevision": "a"}}
+    computed = {"phase": "Ready", "rollout": {"stableRevision": "a", "canaryRevision": None}}
+    assert _changed(stored, computed) == {}
+    assert _changed(stored, {"phase": "Degraded", "rollout": {"stableRevision": "a"}}) == {"phase": "Degraded"}
+    assert _changed({"phase": "Ready", "selector": "x"}, {"phase": "Ready"}) == {"selector": None}

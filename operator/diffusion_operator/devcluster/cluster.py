@@ -315,6 +315,9 @@ class LocalCluster:
             str(tools.kwok), f"--kubeconfig={self.kubeconfig}", f"--config={stages}",
             "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={manifests.KWOK_ANNOTATION}=fake",
             f"--server-address=127.0.0.1:{ports['kwok']}", "--node-ip=10.244.0.1", "--cidr=10.244.0.0/16",
+            # Renew node Leases: without them kwok's status heartbeat is too rare for the node
+            # lifecycle controller, nodes go NotReady after a minute and every pod turns unready.
+            "--node-lease-duration-seconds=40",
         ], f"http://127.0.0.1:{ports['kwok']}/healthz")
         self._wait_healthy(state, "kwok", 60)
 
