@@ -1,0 +1,174 @@
+"""Fixtures for the sampler tests: the tiny model (built once per session) and real server
+processes (``python -m diffusion_sampler``) on free ports bound to 127.0.0.1.
+
+The servers are started together, in parallel, the first time any of them is needed, and shared
+by every test that leaves them in a usable state. The pytest process itself never imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+POOL, REVISION = "test-pool", "rev-1"
+BLOCKED_TERM = "forbiddenword"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class SamplerProcess:
+    def __init__(self, name: str, model_dir: Path, log_dir: Path, **env: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"sampler-{name}.log"
+        full_env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",  # 2 busy cores: one intra-op thread is far faster than two
+            "SAMPLER_MODEL_DIR": str(model_dir),
+            "SAMPLER_HOST": "127.0.0.1",
+            "SAMPLER_PORT": str(self.port),
+            "SAMPLER_POOL": POOL,
+            "SAMPLER_REVISION": REVISION,
+            "SAMPLER_DEFAULT_WIDTH": "64",
+            "SAMPLER_DEFAULT_HEIGHT": "64",
+            "SAMPLER_DEFAULT_STEPS": "4",
+            **{k: str(v) for k, v in env.items()},
+        }
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "diffusion_sampler"], env=full_env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180.0) -> "SamplerProcess":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sampler {self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"sampler {self.name} not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def post(self, path: str, json=None, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 120)
+        return requests.post(self.url + path, json=json, **kwargs)
+
+    def metrics(self) -> dict[str, list]:
+        """Metric family name -> samples (prometheus_client's parser)."""
+        text = requests.get(self.url + "/metrics", timeout=10).text
+        return {fam.name: fam.samples for fam in text_string_to_metric_families(text)}
+
+    def sample(self, sample_name: str, **labels) -> float:
+        """Sum of samples with that exact name whose labels include ``labels``."""
+        total = 0.0
+        for samples in self.metrics().values():
+            for s in samples:
+                if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "tiny-sd"
+    subprocess.run([sys.executable, "-m", "diffusion_sampler.build_model", "--preset", "tiny", "--out", str(out)],
+                   check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+                   capture_output=True, timeout=300)
+    assert (out / "model_index.json").exists()
+    return out
+
+
+# name -> settings. All start at once on first use; each test module picks its own.
+SERVERS = {
+    # Shared by the API tests: batches form within 300 ms; small limits so violations are cheap.
+    "main": dict(SAMPLER_MAX_BATCH_SIZE=8, SAMPLER_MAX_WAIT_MS=300, SAMPLER_MAX_STEPS=50, SAMPLER_MAX_WIDTH=128,
+                 SAMPLER_MAX_HEIGHT=128, SAMPLER_MAX_IMAGES=4, SAMPLER_MAX_PROMPT_LENGTH=200,
+                 SAMPLER_MAX_BODY_BYTES=65536, SAMPLER_SAFETY_BLOCKLIST=f"{BLOCKED_TERM},other term",
+                 SAMPLER_SLO_LATENCY_THRESHOLDS_S="0.3,2.5"),
+    # One image at a time, 1.5 s each (fault-injected latency), room for two waiting requests.
+    "slow": dict(SAMPLER_MAX_BATCH_SIZE=1, SAMPLER_MAX_QUEUE=2, SAMPLER_FAULT_LATENCY_S=1.5,
+                 SAMPLER_REQUEST_TIMEOUT_S=60),
+    # Shut down by its test.
+    "drain": dict(SAMPLER_MAX_BATCH_SIZE=2, SAMPLER_MAX_WAIT_MS=10, SAMPLER_FAULT_LATENCY_S=1.0,
+                  SAMPLER_DRAIN_TIMEOUT_S=60),
+    "img2img": dict(SAMPLER_PIPELINE_KIND="image-to-image"),
+    # Every generation request fails by fault injection; probes stay healthy.
+    "faulty": dict(SAMPLER_FAULT_ERROR_RATE=1.0, SAMPLER_WARMUP=0),
+}
+
+
+@pytest.fixture(scope="session")
+def sampler_servers(tiny_model, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("logs")
+    procs = {name: SamplerProcess(name, tiny_model, log_dir, **env) for name, env in SERVERS.items()}
+    try:
+        for proc in procs.values():
+            proc.wait_ready()
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def server(sampler_servers) -> SamplerProcess:
+    return sampler_servers["main"]
+
+
+@pytest.fixture(scope="session")
+def slow_server(sampler_servers) -> SamplerProcess:
+    return sampler_servers["slow"]
+
+
+@pytest.fixture(scope="session")
+def drain_server(sampler_servers) -> SamplerProcess:
+    return sampler_servers["drain"]
+
+
+@pytest.fixture(scope="session")
+def faulty_server(sampler_servers) -> SamplerProcess:
+    return sampler_servers["faulty"]
+
+
+@pytest.fixture(scope="session")
+def img2img_server(sampler_servers) -> SamplerProcess:
+    return sampler_servers["img2img"]
