@@ -62,9 +62,19 @@ def _pruned(value):
 
 
 def _changed(old: dict, new: dict) -> dict:
-    """Merge-patch body turning ``old`` into ``new`` (top-level keys; None deletes)."""
-    new = _pruned(new)
-    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    """JSON merge patch turning ``old`` into ``new``: recursive, because a merge patch leaves
+    nested keys it does not mention in place; a key gone (or None) in ``new`` becomes null."""
+    patch: dict = {}
+    for k, v in new.items():
+        if v is None:
+            if old.get(k) is not None:
+                patch[k] = None
+        elif isinstance(v, dict) and isinstance(old.get(k), dict):
+            sub = _changed(old[k], v)
+            if sub:
+                patch[k] = sub
+        elif old.get(k) != _pruned(v):
+            patch[k] = _pruned(v)
     for k in old:
         if k not in new:
             patch[k] = None
@@ -104,7 +114,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
-    settings.execution.max_workers = int(os.environ.get("DIFFUSION_OPERATOR_WORKERS", "8"))
+    settings.execution.max_workers = int(os.environ.get("DIFFUSION_OPERATOR_WORKERS", "24"))
     memo.kube = Kube()
 
 

@@ -40,7 +40,7 @@ def load_api_client() -> client.ApiClient:
         # Read $KUBECONFIG now: the client library captures it once, at import time.
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     cfg = client.Configuration.get_default_copy()
-    cfg.connection_pool_maxsize = 16
+    cfg.connection_pool_maxsize = 32  # >= the handler thread pool
     return client.ApiClient(cfg)
 
 

@@ -15,6 +15,7 @@ Nothing here talks to Kopf: handlers call ``reconcile_pool`` and act on the ``Po
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -28,6 +29,7 @@ from .kube import Kube
 from .models import check_references
 from .rollout import state_machine as sm
 from .rollout.metrics_provider import MetricsProvider, measure
+from .rollout.promql import namespaced_selector
 from .rollout.verdict import AnalysisConfig, decide
 from .spec import ModelSpec, PoolSpec, model_revision, pool_revision
 
@@ -144,6 +146,7 @@ def reconcile_pool(kube: Kube, pool_obj: dict, *, now: dt.datetime | None = None
     if sm.analysis_due(rstatus, rspec, now):
         provider = provider_factory(pool_obj, pool) if provider_factory else None
         config = AnalysisConfig.from_pool_spec(pool_obj.get("spec") or {})
+        config = dataclasses.replace(config, extra_selector=namespaced_selector(ns, config.extra_selector))
         if provider is None:
             from .rollout.verdict import AnalysisInputs
 

@@ -171,3 +171,20 @@ def test_status_patch_is_empty_when_only_nulls_differ():
     assert _changed(stored, computed) == {}
     assert _changed(stored, {"phase": "Degraded", "rollout": {"stableRevision": "a"}}) == {"phase": "Degraded"}
     assert _changed({"phase": "Ready", "selector": "x"}, {"phase": "Ready"}) == {"selector": None}
+
+
+def test_status_patch_clears_nested_fields():
+    from diffusion_operator.handlers import _changed
+
+    stored = {"rollout": {"stableRevision": "a", "canaryRevision": "b", "currentStep": 2}}
+    computed = {"rollout": {"stableRevision": "b", "canaryRevision": None, "currentStep": None}}
+    assert _changed(stored, computed) == {"rollout": {"stableRevision": "b", "canaryRevision": None,
+                                                      "currentStep": None}}
+
+
+def test_analysis_is_scoped_to_the_pool_namespace():
+    from diffusion_operator.rollout.promql import namespaced_selector
+
+    assert namespaced_selector("prod", "") == 'namespace="prod"'
+    assert namespaced_selector("prod", 'cluster="eu-1"') == 'namespace="prod",cluster="eu-1"'
+    assert namespaced_selector("prod", 'namespace="other"') == 'namespace="other"'

@@ -200,3 +200,13 @@ def error_ratio(
     if sli == QUALITY:
         return quality_error_ratio(pool, revision, window_s, extra_selector=extra_selector)
     raise ValueError(f"unknown SLI {sli!r}; expected one of {SLI_NAMES}")
+
+
+def namespaced_selector(namespace: str, extra: str | None) -> str:
+    """Scope queries to the pool's namespace (the label PodMonitor/ServiceMonitor scraping adds),
+    plus the user's ``extraSelector``. Two pools with the same name in two namespaces serve the
+    same revision hash; without this one pool's canary analysis would read the other's traffic."""
+    extra = (extra or "").strip().rstrip(", ")
+    if re.search(r"(^|,)\s*namespace\s*=", extra):
+        return extra
+    return ",".join(p for p in (f'namespace="{namespace}"', extra) if p)

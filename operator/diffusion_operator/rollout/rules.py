@@ -47,6 +47,7 @@ from typing import Any
 
 from ..builders import LABEL_POOL, owner_reference, pool_labels
 from . import promql
+from .promql import namespaced_selector
 from .burnrate import DEFAULT_SLO_PERIOD_S, format_duration
 
 __all__ = [
@@ -166,10 +167,7 @@ def _period_s(pool_spec: Mapping[str, Any]) -> int:
 
 def _extra_selector(namespace: str, pool_spec: Mapping[str, Any]) -> str:
     extra = ((pool_spec.get("rollout") or {}).get("analysis") or {}).get("extraSelector") or ""
-    parts = [f'namespace="{namespace}"']
-    if extra.strip():
-        parts.append(extra.strip().rstrip(", "))
-    return ",".join(parts)
+    return namespaced_selector(namespace, extra)
 
 
 def _windows() -> tuple[int, ...]:
