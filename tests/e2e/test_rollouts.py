@@ -1,0 +1,264 @@
+"""Canary rollouts end to end (issue 4): the operator on the real local cluster, a real
+Prometheus scraping real sampler processes on the tiny model, and a load generator that
+splits requests by the weights the operator writes into the pool's HTTPRoute.
+
+Test-sized settings (tests/e2e/conftest.py): analysis every 2 s, short window 8 s, so the
+fastest Workbook pair becomes 14.4x over 96 s / 8 s; 10 requests per second.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.conftest import (
+    INTERVAL_S,
+    LABEL_REVISION,
+    POOL,
+    SCRAPE_S,
+    SHORT_WINDOW_S,
+    TICK_S,
+    PrometheusServer,
+    parse_time,
+    rollout_spec,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+#: "Within two analysis intervals after the short window fills": an analysis runs when the
+#: operator's 1 s timer finds the interval over, so one interval as run is up to INTERVAL + TICK;
+#: the data is one scrape behind.
+TWO_INTERVALS_AS_RUN = 2 * (INTERVAL_S + TICK_S) + SCRAPE_S
+
+
+def canary_weights_seen(scenario) -> list[int]:
+    return [ro.get("canaryWeight") or 0 for ro in scenario.seen]
+
+
+def assert_users_saw_no_errors(load, revision):
+    codes = dict(load.codes[revision])
+    assert codes and set(codes) == {200}, f"requests to {revision} answered {codes}"
+
+
+def assert_rolled_back_cleanly(scenario, reason: str) -> dict:
+    """What a user notices after a rollback: phase, history, remembered revision, stable with
+    all traffic, canary gone, a Warning event naming the reason."""
+    stable, canary = scenario.stable_rev, scenario.canary_rev
+    pool = scenario.pool()
+    ro = pool["status"]["rollout"]
+    assert pool["status"]["phase"] == "RolledBack"
+    assert ro["phase"] == "RolledBack" and ro["reason"] == reason
+    assert ro["stableRevision"] == stable and not ro.get("canaryRevision") and ro["canaryWeight"] == 0
+    assert canary in [f["revision"] for f in ro["failedRevisions"]]
+    last = ro["history"][-1]
+    assert (last["canaryRevision"], last["stableRevision"], last["outcome"], last["reason"]) == \
+        (canary, stable, "RolledBack", reason)
+    assert scenario.route_weights() == {stable: 100}
+    scenario_wait_gone(scenario, "deployment", f"{POOL}-{canary}")
+    dep = scenario.get("deployment", f"{POOL}-{stable}")
+    assert dep["spec"]["replicas"] == 1 and dep["status"].get("readyReplicas") == 1
+    warnings = [e for e in scenario.events(reason) if e["type"] == "Warning"]
+    assert warnings and canary in warnings[0]["message"], scenario.events()
+    return ro
+
+
+def scenario_wait_gone(scenario, kind, name, timeout=30):
+    deadline = time.monotonic() + timeout
+    while scenario.get(kind, name) is not None:
+        assert time.monotonic() < deadline, f"{kind} {name} still exists"
+        time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- 1
+
+
+def test_healthy_canary_is_promoted_through_every_step(cluster, operator_ctl, scenario, samplers):
+    stable, canary = scenario.stable_rev, scenario.canary_rev
+    scenario.create(rollout_spec([(25, 4), (50, 4), (100, 4)]), prometheus_url=cluster.prometheus_url)
+    scenario.serve(cluster.prometheus_url, cluster.prometheus_targets_dir, samplers["stable"], samplers["canary"])
+    scenario.start_rollout()
+
+    ro = scenario.wait(lambda ro, p: ro.get("phase") == "Succeeded", timeout=150, what="promotion")
+
+    assert ro["stableRevision"] == canary and not ro.get("canaryRevision")
+    last = ro["history"][-1]
+    assert (last["canaryRevision"], last["stableRevision"], last["outcome"]) == (canary, stable, "Promoted")
+    # Every step was taken, in order, and each only after an analysis passed on it.
+    steps = [e["message"] for e in sorted(scenario.events("TrafficWeightUpdated"), key=lambda e: e["metadata"]["creationTimestamp"])]
+    assert [m.split(": ")[-1] if ": " in m else m for m in steps] == \
+        ["canary weight 25%", "canary weight 50%", "canary weight 100%"], steps
+    seen = [w for w in canary_weights_seen(scenario) if w]
+    assert seen == sorted(seen) and {25, 50}.issubset(seen), seen
+    # The data plane followed: the load generator routed by 25 -> 50 -> 100 -> all on the new revision.
+    route_canary = [w.get(canary, 0) for _, w in scenario.load.weight_log]
+    assert route_canary == sorted(route_canary) and route_canary[-1] == 100, scenario.load.weight_log
+    assert scenario.route_weights() == {canary: 100}
+    # The old revision is scaled down after scaleDownDelaySeconds and its children removed.
+    scenario_wait_gone(scenario, "deployment", f"{POOL}-{stable}")
+    assert scenario.get("deployment", f"{POOL}-{canary}")["spec"]["replicas"] == 1
+    assert scenario.pool()["status"]["phase"] == "Ready"
+    assert_users_saw_no_errors(scenario.load, canary)
+    assert_users_saw_no_errors(scenario.load, stable)
+
+
+# --------------------------------------------------------------------------- 2
+
+
+def test_canary_with_errors_is_rolled_back_within_two_intervals(cluster, operator_ctl, scenario, samplers):
+    stable, canary = scenario.stable_rev, scenario.canary_rev
+    scenario.create(rollout_spec([(25, 60), (100, 4)]), prometheus_url=cluster.prometheus_url)
+    stable_dep = scenario.get("deployment", f"{POOL}-{stable}")
+    scenario.serve(cluster.prometheus_url, cluster.prometheus_targets_dir, samplers["stable"],
+                   samplers["canary-errors"])
+    scenario.start_rollout()
+
+    scenario.wait(lambda ro, p: ro.get("phase") == "RolledBack", timeout=60, what="rollback")
+    ro = assert_rolled_back_cleanly(scenario, "AvailabilityBurnRateExceeded")
+
+    # Timing: from the first request the canary served (the fault started) plus its short window
+    # to the rollback the operator recorded.
+    fault_start = scenario.load.first_sent[canary]
+    rolled_back = parse_time(ro["history"][-1]["finishedAt"]).timestamp()
+    after_fill = rolled_back - (fault_start + SHORT_WINDOW_S)
+    print(f"rolled back {rolled_back - fault_start:.1f}s after the fault started, {after_fill:.1f}s after the "
+          f"{SHORT_WINDOW_S}s short window filled (bound {TWO_INTERVALS_AS_RUN}s)")
+    assert after_fill <= TWO_INTERVALS_AS_RUN
+    # The event says what, how much, against what, over which windows.
+    msg = scenario.events("AvailabilityBurnRateExceeded")[0]["message"]
+    assert "availability burn rate" in msg and "threshold 14.4x" in msg and "over 96s" in msg and "over 8s" in msg
+    assert ro["lastAnalysis"]["outcome"] == "fail"
+    # Stable untouched: same Deployment generation, and its users never saw an error.
+    assert scenario.get("deployment", f"{POOL}-{stable}")["metadata"]["generation"] == \
+        stable_dep["metadata"]["generation"]
+    assert_users_saw_no_errors(scenario.load, stable)
+    assert max(canary_weights_seen(scenario)) == 25
+
+
+# --------------------------------------------------------------------------- 3
+
+
+def test_canary_slower_than_latency_slo_is_rolled_back(cluster, operator_ctl, scenario, samplers):
+    stable, canary = scenario.stable_rev, scenario.canary_rev
+    # 95% of requests under 1 s: the canary's injected 1.5 s per batch burns 1 / 0.05 = 20x >= 14.4x.
+    slo = {"availability": {"objective": 0.99}, "latency": {"thresholdSeconds": 1, "objective": 0.95}}
+    scenario.create(rollout_spec([(25, 60), (100, 4)]), prometheus_url=cluster.prometheus_url, slo=slo)
+    scenario.serve(cluster.prometheus_url, cluster.prometheus_targets_dir, samplers["stable"], samplers["canary-slow"])
+    scenario.start_rollout()
+
+    scenario.wait(lambda ro, p: ro.get("phase") == "RolledBack", timeout=60, what="rollback")
+    ro = assert_rolled_back_cleanly(scenario, "LatencyBurnRateExceeded")
+    msg = scenario.events("LatencyBurnRateExceeded")[0]["message"]
+    assert "latency burn rate" in msg and "objective 95%" in msg
+    # Slow, not failing: the canary answered every request, just late.
+    assert_users_saw_no_errors(scenario.load, canary)
+    assert_users_saw_no_errors(scenario.load, stable)
+    assert ro["stableRevision"] == stable
+
+
+# --------------------------------------------------------------------------- 4
+
+
+def test_no_traffic_holds_then_progress_deadline_rolls_back(cluster, operator_ctl, scenario):
+    stable, canary = scenario.stable_rev, scenario.canary_rev
+    pause, deadline = 3, 10
+    # Prometheus is up and scrapes, but nobody sends a request: no sampler, no load.
+    scenario.create(rollout_spec([(25, pause), (100, pause)], deadline=deadline),
+                    prometheus_url=cluster.prometheus_url)
+    scenario.start_rollout()
+
+    ro = scenario.wait(lambda ro, p: ro.get("phase") == "RolledBack", timeout=60, what="deadline rollback")
+
+    # It held: the first step's weight and never more, while the analysis said "not enough traffic".
+    assert max(canary_weights_seen(scenario)) == 25
+    held = [r["lastAnalysis"] for r in scenario.seen if r.get("phase") == "Progressing" and r.get("lastAnalysis")]
+    assert held and all(a["outcome"] == "inconclusive" for a in held), held
+    assert "InsufficientTraffic" in {a["reason"] for a in held}
+    # Then the deadline (pause + progressDeadlineSeconds of the step) failed it, saying why.
+    assert_rolled_back_cleanly(scenario, "ProgressDeadlineExceeded")
+    assert "InsufficientTraffic" in ro["message"]
+    last = ro["history"][-1]
+    lasted = (parse_time(last["finishedAt"]) - parse_time(last["startedAt"])).total_seconds()
+    assert pause + deadline <= lasted <= pause + deadline + 15, lasted
+    assert ro["stableRevision"] == stable and canary not in [h.get("stableRevision") for h in ro["history"]]
+
+
+# --------------------------------------------------------------------------- 6
+
+
+def test_operator_restarted_mid_rollout_finishes_it_without_duplicates(cluster, operator_ctl, scenario, samplers):
+    stable, canary = scenario.stable_rev, scenario.canary_rev
+    scenario.create(rollout_spec([(25, 4), (50, 6), (100, 4)]), prometheus_url=cluster.prometheus_url)
+    scenario.serve(cluster.prometheus_url, cluster.prometheus_targets_dir, samplers["stable"], samplers["canary"])
+    scenario.start_rollout()
+    scenario.wait(lambda ro, p: ro.get("canaryWeight") == 50, timeout=90, what="step 2 (weight 50)")
+
+    operator_ctl.stop()
+    frozen = {k: v for k, v in scenario.rollout().items() if k != "_at"}
+    time.sleep(2 * INTERVAL_S + 2)  # down for longer than an analysis interval; traffic goes on
+    assert {k: v for k, v in scenario.rollout().items() if k != "_at"} == frozen  # nobody moved it
+    operator_ctl.start()
+
+    ro = scenario.wait(lambda ro, p: ro.get("phase") == "Succeeded", timeout=120, what="promotion after restart")
+    assert operator_ctl.starts == 2
+    assert ro["stableRevision"] == canary and not ro.get("canaryRevision")
+    mine = [h for h in ro["history"] if h["canaryRevision"] == canary]
+    assert [h["outcome"] for h in mine] == ["Promoted"]
+    steps = [e["message"].split(": ")[-1] for e in scenario.events("TrafficWeightUpdated")]
+    assert sorted(steps) == ["canary weight 100%", "canary weight 25%", "canary weight 50%"], steps
+    assert len(scenario.events("RolloutStarted")) == 1 and len(scenario.events("RolloutPromoted")) == 1
+    # No duplicate objects: one of each per revision, and the old revision cleaned up.
+    scenario_wait_gone(scenario, "deployment", f"{POOL}-{stable}")
+    sel = f"diffusion.serving.dev/pool={POOL}"
+
+    def per_revision(kind):
+        items = scenario.get(kind, selector=sel)["items"]
+        revs = [i["metadata"]["labels"].get(LABEL_REVISION) for i in items]
+        return sorted(r for r in revs if r)
+
+    assert per_revision("deployments") == [canary]
+    assert per_revision("services") == [canary]
+    assert per_revision("controllerrevisions") == sorted([stable, canary])
+    assert len(scenario.get("httproutes")["items"]) == 1
+    assert scenario.route_weights() == {canary: 100}
+    assert_users_saw_no_errors(scenario.load, canary)
+    assert_users_saw_no_errors(scenario.load, stable)
+
+
+# --------------------------------------------------------------------------- 5
+
+
+def test_prometheus_down_holds_then_error_policy_pauses(cluster, operator_ctl, scenario, samplers, prometheus_bin,
+                                                         tmp_path):
+    stable, canary = scenario.stable_rev, scenario.canary_rev
+    # This pool's own Prometheus, so killing it leaves the shared one to the other tests.
+    prom = PrometheusServer(prometheus_bin, tmp_path / "prometheus").start()
+    try:
+        limit = 3
+        scenario.create(rollout_spec([(25, 120), (100, 4)], error_policy="Pause", error_limit=limit),
+                        prometheus_url=prom.url)
+        scenario.serve(prom.url, prom.targets_dir, samplers["stable"], samplers["canary"])
+        scenario.start_rollout()
+        scenario.wait(lambda ro, p: (ro.get("lastAnalysis") or {}).get("outcome") == "pass", timeout=60,
+                      what="a passing analysis at step 1")
+        prom.stop()
+        killed = time.time()
+
+        ro = scenario.wait(lambda ro, p: ro.get("phase") == "Paused", timeout=60, what="error policy Pause")
+    finally:
+        prom.stop()
+
+    # Held while the errors counted up: weight unchanged, still Progressing, not rolled back.
+    erring = [r for r in scenario.seen if r.get("consecutiveErrors")]
+    assert erring and all(r["canaryWeight"] == 25 for r in erring)
+    assert any(r["phase"] == "Progressing" for r in erring)
+    # Then the policy: paused at the same weight, the route still splitting 75/25.
+    assert ro["pausedBy"] == "errorPolicy" and ro["reason"] == "AnalysisErrorLimitReached"
+    assert ro["consecutiveErrors"] >= limit and ro["canaryWeight"] == 25 and ro["canaryRevision"] == canary
+    assert ro["lastAnalysis"]["outcome"] == "error" and ro["lastAnalysis"]["reason"] == "MetricsUnavailable"
+    assert scenario.pool()["status"]["phase"] == "Paused"
+    assert scenario.route_weights() == {stable: 75, canary: 25}
+    warn = [e for e in scenario.events("AnalysisErrorLimitReached") if e["type"] == "Warning"]
+    assert warn and "paused" in warn[0]["message"] and "unreachable" in warn[0]["message"]
+    paused_at = max(r["_at"] for r in scenario.seen if r.get("phase") != "Paused")
+    assert paused_at - killed >= (limit - 1) * INTERVAL_S, "paused before the error limit could be reached"
