@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any
 
 import urllib3
 from kubernetes import client, config
@@ -183,17 +183,6 @@ class Kube:
             raise ApiUnavailable(f"status of {kind} {namespace}/{name}: {_message(exc)}", delay=10) from exc
         return obj.to_dict()
 
-    def patch_merge(self, api_version: str, kind: str, name: str, namespace: str, body: dict) -> dict | None:
-        res = self._res(api_version, kind)
-        try:
-            obj = res.patch(name=name, namespace=namespace, body=body,
-                            content_type="application/merge-patch+json", _request_timeout=REQUEST_TIMEOUT)
-        except (ApiException, DynApiException) as exc:
-            if _is_not_found(exc):
-                return None
-            raise ApiUnavailable(f"patch {kind} {namespace}/{name}: {_message(exc)}", delay=10) from exc
-        return obj.to_dict()
-
 
 def _message(exc: Exception) -> str:
     body = getattr(exc, "body", None)
@@ -203,7 +192,3 @@ def _message(exc: Exception) -> str:
         except (ValueError, AttributeError):
             return str(body)[:500]
     return str(exc)
-
-
-def names(objs: Iterable[dict]) -> list[str]:
-    return [o["metadata"]["name"] for o in objs]
