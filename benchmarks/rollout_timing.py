@@ -58,10 +58,10 @@ from tests.e2e.conftest import (  # noqa: E402
     LoadGenerator,
     PrometheusServer,
     TargetFile,
-    build_tiny_model,
     start_samplers,
     wait_scraped,
 )
+from tests.sampler_process import build_tiny_model  # noqa: E402
 
 POOL = "bench"
 OBJECTIVE = 0.99

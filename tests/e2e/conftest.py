@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -40,6 +37,8 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+
+from tests.sampler_process import SamplerProcess, build_tiny_model, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 API = "diffusion.serving.dev/v1alpha1"
@@ -66,12 +65,6 @@ DM_SPEC = {"precision": "fp32", "defaults": {"steps": 4, "width": 64, "height": 
 CANARY_PATCH = {"spec": {"defaults": {"steps": 8}}}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -83,85 +76,31 @@ def parse_time(text: str) -> datetime:
 # --------------------------------------------------------------------------- tiny model
 
 
-def build_tiny_model(out: Path) -> Path:
-    if not (out / "model_index.json").exists():
-        subprocess.run([sys.executable, "-m", "diffusion_sampler.build_model", "--preset", "tiny", "--out", str(out)],
-                       check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-                       capture_output=True, timeout=600)
-    return out
-
-
 # --------------------------------------------------------------------------- samplers
 
 
-class Sampler:
-    """One ``python -m diffusion_sampler`` on 127.0.0.1 labelled ``pool``/``revision``.
-
-    ``env`` adds SAMPLER_* settings, e.g. ``SAMPLER_FAULT_ERROR_RATE="0.3"``. Starting does not
-    wait; call :meth:`wait_ready` (start several first, so they load in parallel)."""
-
-    def __init__(self, name: str, model_dir: Path, log_dir: Path, pool: str, revision: str, **env: str) -> None:
-        self.name, self.pool, self.revision = name, pool, revision
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(log_dir) / f"sampler-{name}.log"
-        full_env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1",
-            "SAMPLER_MODEL_DIR": str(model_dir),
-            "SAMPLER_HOST": "127.0.0.1",
-            "SAMPLER_PORT": str(self.port),
-            "SAMPLER_POOL": pool,
-            "SAMPLER_REVISION": revision,
-            "SAMPLER_DTYPE": "fp32",
-            "SAMPLER_DEVICE": "cpu",
-            "SAMPLER_SAFETY_CHECKER": "off",
-            "SAMPLER_DEFAULT_WIDTH": "32",
-            "SAMPLER_DEFAULT_HEIGHT": "32",
-            "SAMPLER_DEFAULT_STEPS": "1",
-            "SAMPLER_MAX_WAIT_MS": "20",
-            "SAMPLER_SLO_LATENCY_THRESHOLDS_S": "1",
-            "SAMPLER_LOG_LEVEL": "INFO",
-            **{k: str(v) for k, v in env.items()},
-        }
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "diffusion_sampler"], env=full_env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 300.0) -> Sampler:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sampler {self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"sampler {self.name} not ready after {timeout} s:\n{self.log()[-3000:]}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+#: What every rollout sampler runs: the tiny model at 32x32, one step, on the CPU, with a 1 s
+#: latency SLO bucket, so ten requests a second fit on two busy cores.
+E2E_SAMPLER_ENV = {
+    "SAMPLER_DTYPE": "fp32",
+    "SAMPLER_DEVICE": "cpu",
+    "SAMPLER_SAFETY_CHECKER": "off",
+    "SAMPLER_DEFAULT_WIDTH": "32",
+    "SAMPLER_DEFAULT_HEIGHT": "32",
+    "SAMPLER_DEFAULT_STEPS": "1",
+    "SAMPLER_MAX_WAIT_MS": "20",
+    "SAMPLER_SLO_LATENCY_THRESHOLDS_S": "1",
+    "SAMPLER_LOG_LEVEL": "INFO",
+}
 
 
-def start_samplers(model_dir: Path, log_dir: Path, specs: dict[str, tuple[str, str, dict]]) -> dict[str, Sampler]:
+def start_samplers(model_dir: Path, log_dir: Path, specs: dict[str, tuple[str, str, dict]]) -> dict[str, SamplerProcess]:
     """``{name: (pool, revision, env)}`` -> started and Ready samplers (loaded in parallel)."""
-    procs: dict[str, Sampler] = {}
+    procs: dict[str, SamplerProcess] = {}
     try:
         for name, (pool, revision, env) in specs.items():
-            procs[name] = Sampler(name, model_dir, log_dir, pool, revision, **env)
+            procs[name] = SamplerProcess(name, model_dir, log_dir, pool=pool, revision=revision,
+                                         **{**E2E_SAMPLER_ENV, **env})
         for proc in procs.values():
             proc.wait_ready()
     except BaseException:
@@ -567,7 +506,7 @@ class Scenario:
 
     # ---- local processes
 
-    def serve(self, prom_url: str, targets_dir: Path, stable: Sampler | None, canary: Sampler | None,
+    def serve(self, prom_url: str, targets_dir: Path, stable: SamplerProcess | None, canary: SamplerProcess | None,
               rps: float = 10.0) -> None:
         """Register the samplers with Prometheus under this namespace, then send load by the
         HTTPRoute's weights."""

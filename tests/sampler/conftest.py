@@ -8,12 +8,6 @@ by every test that leaves them in a usable state. The pytest process itself neve
 from __future__ import annotations
 
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,55 +16,20 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.sampler_process import SamplerProcess as _SamplerProcess
+from tests.sampler_process import build_tiny_model
+
 POOL, REVISION = "test-pool", "rev-1"
 BLOCKED_TERM = "forbiddenword"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class SamplerProcess(_SamplerProcess):
+    """A sampler server with the sampler tests' defaults and helpers for their assertions."""
 
-
-class SamplerProcess:
     def __init__(self, name: str, model_dir: Path, log_dir: Path, **env: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"sampler-{name}.log"
-        full_env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1",  # 2 busy cores: one intra-op thread is far faster than two
-            "SAMPLER_MODEL_DIR": str(model_dir),
-            "SAMPLER_HOST": "127.0.0.1",
-            "SAMPLER_PORT": str(self.port),
-            "SAMPLER_POOL": POOL,
-            "SAMPLER_REVISION": REVISION,
-            "SAMPLER_DEFAULT_WIDTH": "64",
-            "SAMPLER_DEFAULT_HEIGHT": "64",
-            "SAMPLER_DEFAULT_STEPS": "4",
-            **{k: str(v) for k, v in env.items()},
-        }
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "diffusion_sampler"], env=full_env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 180.0) -> "SamplerProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sampler {self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"sampler {self.name} not ready after {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__(name, model_dir, log_dir, pool=POOL, revision=REVISION,
+                         **{"SAMPLER_DEFAULT_WIDTH": "64", "SAMPLER_DEFAULT_HEIGHT": "64",
+                            "SAMPLER_DEFAULT_STEPS": "4", **env})
 
     def post(self, path: str, json=None, **kwargs) -> requests.Response:
         kwargs.setdefault("timeout", 120)
@@ -90,16 +49,6 @@ class SamplerProcess:
                     total += s.value
         return total
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
-
 
 def png_pixels(data: bytes) -> np.ndarray:
     image = Image.open(io.BytesIO(data))
@@ -109,10 +58,7 @@ def png_pixels(data: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("model") / "tiny-sd"
-    subprocess.run([sys.executable, "-m", "diffusion_sampler.build_model", "--preset", "tiny", "--out", str(out)],
-                   check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-                   capture_output=True, timeout=300)
+    out = build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-sd")
     assert (out / "model_index.json").exists()
     return out
 
