@@ -14,6 +14,8 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.waiting import wait_for
+
 from .conftest import BLOCKED_TERM, POOL, REVISION, png_pixels
 
 pytestmark = pytest.mark.sampler
@@ -239,8 +241,14 @@ def test_logs_are_json_and_carry_prompt_hashes_never_prompts(server):
     prompt = "a very particular zebra 8c1f"
     resp = server.post("/v1/generate", {"prompt": prompt})
     assert resp.status_code == 200
-    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+
+    def our_lines():
+        # The access line is written as the response goes out: it can reach the file a moment later.
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        return lines, [entry for entry in lines if entry.get("request_id") == resp.json()["id"]]
+
+    wait_for(lambda: our_lines()[1], timeout=10, interval=0.1, what="the request's log line")
+    lines, ours = our_lines()
     assert lines, "structured JSON log lines"
-    ours = [entry for entry in lines if entry.get("request_id") == resp.json()["id"]]
     assert ours and len(ours[0]["prompt_hash"]) == 16
     assert "zebra" not in server.log()
