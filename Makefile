@@ -27,6 +27,7 @@ down: install
 	$(BIN)/diffusion-operator dev down
 
 test: install
+	$(BIN)/diffusion-operator dev build
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install

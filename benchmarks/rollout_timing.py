@@ -54,14 +54,9 @@ sys.path.insert(0, str(REPO))
 from diffusion_operator.rollout import state_machine as sm  # noqa: E402
 from diffusion_operator.rollout.metrics_provider import PrometheusProvider, measure  # noqa: E402
 from diffusion_operator.rollout.verdict import AnalysisConfig, Outcome, decide  # noqa: E402
-from tests.e2e.conftest import (  # noqa: E402
-    LoadGenerator,
-    PrometheusServer,
-    TargetFile,
-    start_samplers,
-    wait_scraped,
-)
-from tests.sampler_process import build_tiny_model  # noqa: E402
+from tests.support.load import LoadGenerator  # noqa: E402
+from tests.support.prometheus import PrometheusServer, TargetFile, wait_scraped  # noqa: E402
+from tests.support.samplers import build_tiny_model, start_samplers  # noqa: E402
 
 POOL = "bench"
 OBJECTIVE = 0.99

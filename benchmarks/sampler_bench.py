@@ -32,6 +32,11 @@ from pathlib import Path
 
 import requests
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.polling import wait_for  # noqa: E402
+
 PRESETS = {
     # Defaults per preset. max_wait is only spent when clients are expected back (see batcher.py);
     # a lone client never waits.
@@ -142,17 +147,16 @@ class Server:
         self.log = open(args.server_log, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "diffusion_sampler"], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + args.ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:  # waiting longer cannot help
                 raise SystemExit(f"sampler exited with {self.proc.returncode}; see {args.server_log}")
-            try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise SystemExit(f"sampler not ready after {args.ready_timeout} s; see {args.server_log}")
+            return requests.get(self.url + "/readyz", timeout=2).status_code == 200
+
+        try:
+            wait_for(ready, args.ready_timeout, 0.5, "the sampler to be ready", ignoring=(requests.RequestException,))
+        except AssertionError as exc:  # a command-line tool: a message and a status, not a traceback
+            raise SystemExit(f"{exc}; see {args.server_log}") from None
 
     def batch_totals(self) -> tuple[float, float]:
         text = requests.get(self.url + "/metrics", timeout=10).text

@@ -6,15 +6,15 @@ directory on free ports, so it never collides with a developer's running ``dev``
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-
-# The operator's timer must tick faster than production's in tests (read at import).
-os.environ.setdefault("DIFFUSION_OPERATOR_TICK_SECONDS", "1")
 
 from diffusion_operator.devcluster import toolchain
 from diffusion_operator.devcluster.cluster import ClusterConfig, LocalCluster
@@ -84,43 +84,66 @@ def operator_kubeconfig(cluster, tmp_path_factory) -> Path:
 
 
 class OperatorProcess:
-    """The operator in-process under kopf.testing.KopfRunner, authenticated as its ServiceAccount."""
+    """The operator in this process (Kopf on a thread), authenticated as its ServiceAccount.
 
-    def __init__(self, kubeconfig: Path, extra_env: dict | None = None):
-        self.kubeconfig = kubeconfig
-        self.extra_env = extra_env or {}
-        self._runner = None
-        self._saved: dict = {}
+    Tests pass settings, not environment: ``OperatorProcess(kubeconfig, allow_file_sources=True)``
+    takes any field of ``diffusion_operator.settings.Settings``. No leader election and no
+    listeners (the run-command and failover tests start real processes for those).
+    """
+
+    def __init__(self, kubeconfig: Path, **overrides):
+        from diffusion_operator.settings import Settings
+
+        self.settings = Settings(kubeconfig=str(kubeconfig), leader_election=False, liveness_port=0, metrics_port=0,
+                                 tick_seconds=1).but(**overrides)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._log = io.StringIO()
+        self._handler = logging.StreamHandler(self._log)
+        self.error: BaseException | None = None
 
     def start(self):
-        from kopf.testing import KopfRunner
+        from diffusion_operator.main import JsonFormatter, run_kopf
 
-        env = {"KUBECONFIG": str(self.kubeconfig), **self.extra_env}
-        self._saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        self._runner = KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "diffusion_operator.handlers"],
-                                  timeout=60)
-        self._runner.__enter__()
+        self._handler.setFormatter(JsonFormatter())
+        logging.getLogger().addHandler(self._handler)
+        logging.getLogger().setLevel(logging.INFO)
+        ready = threading.Event()
+        self._stop.clear()
+
+        def run():
+            try:
+                run_kopf(self.settings, stop_flag=self._stop, ready_flag=ready)
+            except BaseException as exc:  # noqa: BLE001 - reported by start() or stop()
+                self.error = exc
+                ready.set()
+
+        self._thread = threading.Thread(target=run, name="operator", daemon=True)
+        self._thread.start()
+        assert ready.wait(60), "the operator did not start within 60 s"
+        assert self.error is None, f"the operator failed to start: {self.error!r}"
         return self
 
     def stop(self):
-        if self._runner is not None:
-            self._runner.__exit__(None, None, None)
-            self._runner = None
-        for k, v in self._saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(60)
+            assert not self._thread.is_alive(), "the operator did not stop within 60 s"
+            self._thread = None
+        logging.getLogger().removeHandler(self._handler)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
 
     @property
     def output(self) -> str:
-        return self._runner.stdout if self._runner else ""
+        return self._log.getvalue()
 
 
 @pytest.fixture(scope="session")
 def operator(operator_kubeconfig):
-    op = OperatorProcess(operator_kubeconfig, {"DIFFUSION_OPERATOR_ALLOW_FILE_SOURCES": "1"}).start()
+    op = OperatorProcess(operator_kubeconfig, allow_file_sources=True).start()
     try:
         yield op
     finally:

@@ -29,7 +29,15 @@ from .engine import Engine, ImageResult
 from .logs import prompt_hash
 from .metrics import Metrics
 from .safety import DefaultSafetyFilter
-from .schemas import ApiError, GenerateRequest, ImageGenerationRequest, decode_b64_image, decode_image, parse_size, resolve
+from .schemas import (
+    ApiError,
+    GenerateRequest,
+    ImageGenerationRequest,
+    decode_b64_image,
+    decode_image,
+    parse_size,
+    resolve,
+)
 
 log = logging.getLogger("diffusion_sampler.http")
 
@@ -55,7 +63,7 @@ class State:
     rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
-    def build(cls, settings: Settings) -> "State":
+    def build(cls, settings: Settings) -> State:
         metrics = Metrics(settings.pool, settings.revision, settings.slo_latency_thresholds_s)
         safety = DefaultSafetyFilter(settings.safety_blocklist, settings.safety_checker == "auto")
         engine = Engine(settings, metrics, safety)
@@ -135,7 +143,7 @@ def _content_length(headers: dict[bytes, bytes]) -> int:
         return 0  # the server rejects a malformed header itself
 
 
-def create_app(state: State) -> FastAPI:
+def create_app(state: State) -> Gateway:
     settings = state.settings
 
     @asynccontextmanager
@@ -182,7 +190,8 @@ def create_app(state: State) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error")
+        # Not inside an except block, so pass the exception explicitly for the traceback.
+        log.error("unhandled error", exc_info=exc)
         return _error(500, "internal error", None, "internal_error")
 
     # -- probes and metrics ----------------------------------------------------------------
@@ -305,7 +314,7 @@ def create_app(state: State) -> FastAPI:
                     "safety": {"outcome": inf["safety"], "replaced": inf["safety"] != "passed"},
                     "quality": inf["quality"],
                 }
-                for i, (inf, png) in enumerate(zip(info, pngs))
+                for i, (inf, png) in enumerate(zip(info, pngs, strict=True))
             ],
         }
 
@@ -321,7 +330,9 @@ def create_app(state: State) -> FastAPI:
             raise ApiError(422, "image is required (a file part)", "image", "missing_image")
         image = decode_image(await images[0].read(), "image")
         mask_part = form.get("mask")
-        mask = decode_image(await mask_part.read(), "mask") if mask_part is not None and not isinstance(mask_part, str) else None
+        mask = None
+        if mask_part is not None and not isinstance(mask_part, str):
+            mask = decode_image(await mask_part.read(), "mask")
 
         def field(name: str, kind):
             raw = form.get(name)
@@ -347,7 +358,7 @@ def create_app(state: State) -> FastAPI:
         info, pngs = await run(request, shape, items, timeout)
         return _openai_response(info, pngs, response_format, shape)
 
-    return Gateway(app, state)  # type: ignore[return-value]
+    return Gateway(app, state)
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -361,9 +372,13 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def _openai_response(info: list[dict], pngs: list[bytes], response_format: str | None, shape) -> dict:
     data = []
-    for inf, png in zip(info, pngs):
+    for inf, png in zip(info, pngs, strict=True):
         b64 = base64.b64encode(png).decode("ascii")
-        entry = {"url": f"data:image/png;base64,{b64}"} if response_format == "url" else {"b64_json": b64}
+        entry: dict[str, object]  # the extensions below are not all strings (revised_prompt is None)
+        if response_format == "url":
+            entry = {"url": f"data:image/png;base64,{b64}"}
+        else:
+            entry = {"b64_json": b64}
         entry.update(revised_prompt=None, seed=inf["seed"], safety=inf["safety"], quality=inf["quality"])
         data.append(entry)
     return {"created": int(time.time()), "data": data, "output_format": "png"}

@@ -18,6 +18,7 @@ This module must not touch HTTP: it resolves ``concurrent.futures.Future`` objec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -148,10 +149,8 @@ class Batcher:
             if job.state != "queued":
                 return False
             job.state = "dropped"
-            try:
+            with contextlib.suppress(ValueError):
                 self._queue.remove(job)
-            except ValueError:
-                pass
             self.metrics.l(self.metrics.queue_depth).set(len(self._queue))
         job.future.set_exception(reason)
         return True
@@ -181,7 +180,8 @@ class Batcher:
                 self._busy = False
 
     def _same_shape(self, shape: Shape, budget: int) -> list[Job]:
-        picked, images = [], 0
+        picked: list[Job] = []
+        images = 0
         for job in self._queue:
             if job.shape == shape and (not picked or images + len(job.items) <= budget):
                 picked.append(job)

@@ -20,11 +20,12 @@ import json
 import tempfile
 from pathlib import Path
 
-WORDS = (
-    "a photo of the an and with in on at cat dog astronaut horse riding red blue green painting "
-    "portrait landscape city night sky sun moon tree house car bird flower mountain river sea "
-    "beautiful small big old new cinematic lighting detailed style oil watercolor"
-).split()
+WORDS = [
+    "a", "photo", "of", "the", "an", "and", "with", "in", "on", "at", "cat", "dog", "astronaut", "horse",
+    "riding", "red", "blue", "green", "painting", "portrait", "landscape", "city", "night", "sky", "sun",
+    "moon", "tree", "house", "car", "bird", "flower", "mountain", "river", "sea", "beautiful", "small", "big",
+    "old", "new", "cinematic", "lighting", "detailed", "style", "oil", "watercolor",
+]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -37,7 +38,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def write_tokenizer_files(directory: Path) -> int:
@@ -112,10 +113,13 @@ def build(out: Path, preset: str = "tiny", seed: int = 0, dtype: str = "fp32") -
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    # The ignores below: for type checkers, diffusers' top-level names resolve to the placeholder
+    # classes in diffusers.utils.dummy_torch_and_transformers_objects, which lack DiffusionPipeline's
+    # methods; the real class (imported at runtime) has them.
     if dtype == "fp16":
-        pipe = pipe.to(torch_dtype=torch.float16)
+        pipe = pipe.to(torch_dtype=torch.float16)  # type: ignore[attr-defined]
     out.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(str(out), safe_serialization=True)
+    pipe.save_pretrained(str(out), safe_serialization=True)  # type: ignore[attr-defined]
     return out
 
 

@@ -7,9 +7,9 @@ DiffusionModel and the pool. Nothing else in the package reads ``os.environ``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 PIPELINE_KINDS = ("text-to-image", "image-to-image", "inpainting")
 SCHEDULERS = (
@@ -73,7 +73,7 @@ class Settings:
     log_level: str = "INFO"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
 
         def get(name: str, default: str) -> str:

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,11 +92,13 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.safety = safety or DefaultSafetyFilter(settings.safety_blocklist, settings.safety_checker == "auto")
-        self.pipe = None
+        # A diffusers pipeline once load() has run. Any: diffusers' pipeline classes are not typed
+        # usefully (components such as unet/vae are set dynamically by register_modules).
+        self.pipe: Any | None = None
         self.device = "cpu"
         self.dtype = torch.float32
         self._schedulers: dict[str, object] = {}
-        self._base_scheduler_config = None
+        self._base_scheduler_config: dict[str, Any] | None = None
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -144,14 +147,22 @@ class Engine:
             },
         )
 
+    def _loaded_pipe(self) -> Any:
+        if self.pipe is None:
+            raise RuntimeError("the engine has no pipeline: Engine.load() must run first")
+        return self.pipe
+
     def _compile(self) -> None:
         mode = "reduce-overhead" if self.device == "cuda" else "default"
-        self.pipe.unet.to(memory_format=torch.channels_last)
-        self.pipe.unet = torch.compile(self.pipe.unet, mode=mode, dynamic=False)
+        pipe = self._loaded_pipe()
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.unet = torch.compile(pipe.unet, mode=mode, dynamic=False)
         log.info("unet compiled", extra={"mode": mode, "buckets": str(self.settings.compile_buckets)})
 
     def _scheduler(self, name: str):
         if name not in self._schedulers:
+            if self._base_scheduler_config is None:
+                raise RuntimeError("the engine has no scheduler config: Engine.load() must run first")
             cls, overrides = _scheduler_factory(name)
             self._schedulers[name] = cls.from_config({**self._base_scheduler_config, **overrides})
         return self._schedulers[name]
@@ -198,7 +209,7 @@ class Engine:
     @torch.inference_mode()
     def run(self, shape: Shape, items: list[Item], record: bool = True) -> BatchResult:
         s = self.settings
-        pipe = self.pipe
+        pipe = self._loaded_pipe()
         n = len(items)
         padded = items + [items[-1]] * (self.padded_size(shape, n) - n)
         pipe.scheduler = self._scheduler(shape.scheduler)
@@ -256,7 +267,7 @@ class Engine:
         return BatchResult(results, denoise_s, decode_s, n)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
+        vae = self._loaded_pipe().vae
         scale = vae.config.get("scaling_factor", 0.18215)
         shift = vae.config.get("shift_factor", None) or 0.0
         latents = latents / scale + shift

@@ -7,7 +7,8 @@ The filter must not log prompts or matched terms (a matched term would reveal th
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -50,7 +51,8 @@ def replace(image: np.ndarray, how: str) -> np.ndarray:
     """The stand-in for a blocked image: black, or blurred past recognition."""
     if how == "blur":
         height, width = image.shape[:2]
-        small = Image.fromarray(image).resize((max(1, width // 32), max(1, height // 32)), Image.BILINEAR)
-        big = small.resize((width, height), Image.BILINEAR).filter(ImageFilter.GaussianBlur(max(width, height) / 16))
+        small = Image.fromarray(image).resize((max(1, width // 32), max(1, height // 32)), Image.Resampling.BILINEAR)
+        big = small.resize((width, height), Image.Resampling.BILINEAR)
+        big = big.filter(ImageFilter.GaussianBlur(max(width, height) / 16))
         return np.asarray(big, dtype=np.uint8).copy()
     return np.zeros_like(image)

@@ -115,7 +115,7 @@ def to_mask(image, width: int, height: int):
         mask = alpha.point(lambda a: 255 if a == 0 else 0)
     else:
         mask = image.convert("L")
-    return mask.resize((width, height), Image.NEAREST)
+    return mask.resize((width, height), Image.Resampling.NEAREST)
 
 
 def _check_range(value, field: str, low, high, what: str = "") -> None:
@@ -183,7 +183,7 @@ def resolve(settings: Settings, *, prompt: str, negative_prompt: str | None, n: 
                            "out_of_range")
         from PIL import Image
 
-        image = image.convert("RGB").resize((width, height), Image.BICUBIC)
+        image = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
         mask = to_mask(mask, width, height) if mask is not None else None
     shape = Shape(width, height, steps, float(guidance), scheduler, float(strength))
     items = [Item(prompt, negative_prompt or "", base_seed + i, image, mask) for i in range(n)]

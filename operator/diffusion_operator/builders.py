@@ -9,14 +9,14 @@ an ownerReference to the pool so deleting the pool removes them.
 from __future__ import annotations
 
 import math
-import os
+from typing import Any
 
 from . import API_GROUP, API_VERSION
+from .settings import DEFAULT_SAMPLER_IMAGE
 from .spec import ModelSpec, PoolSpec
 
 SAMPLER_PORT = 8000
 MODEL_MOUNT = "/models"
-DEFAULT_SAMPLER_IMAGE = os.environ.get("DIFFUSION_OPERATOR_SAMPLER_IMAGE", "ghcr.io/diffusion-serving/diffusion-sampler:0.1.0")
 LABEL_POOL = f"{API_GROUP}/pool"
 LABEL_REVISION = f"{API_GROUP}/revision"
 LABEL_ROLE = f"{API_GROUP}/role"
@@ -95,7 +95,7 @@ def sampler_env(pool_name: str, revision: str, pool: PoolSpec, model: ModelSpec,
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
-def _model_volumes(pool: PoolSpec, model: ModelSpec) -> tuple[list[dict], list[dict], str]:
+def _model_volumes(pool: PoolSpec, model: ModelSpec, image: str) -> tuple[list[dict], list[dict], str]:
     """Volumes, init containers and the model directory inside the sampler container."""
     src = model.source
     if src.scheme == "pvc":
@@ -106,8 +106,8 @@ def _model_volumes(pool: PoolSpec, model: ModelSpec) -> tuple[list[dict], list[d
         return vols, [], MODEL_MOUNT
     # hf:// and s3://: an init container downloads into a cache volume the sampler mounts read-only.
     vols = [{"name": "model", "emptyDir": {"sizeLimit": pool.cache_size_limit}}]
-    env = [{"name": "MODEL_SOURCE", "value": src.uri}, {"name": "MODEL_DEST", "value": MODEL_MOUNT},
-           {"name": "HOME", "value": "/tmp"}]
+    env: list[dict[str, Any]] = [{"name": "MODEL_SOURCE", "value": src.uri}, {"name": "MODEL_DEST", "value": MODEL_MOUNT},
+                                 {"name": "HOME", "value": "/tmp"}]
     if src.revision:
         env.append({"name": "MODEL_REVISION", "value": src.revision})
     if src.token_secret:
@@ -121,7 +121,7 @@ def _model_volumes(pool: PoolSpec, model: ModelSpec) -> tuple[list[dict], list[d
         env.append({"name": "AWS_DEFAULT_REGION", "value": src.region})
     init = {
         "name": "fetch-model",
-        "image": pool.downloader_image or pool.image or DEFAULT_SAMPLER_IMAGE,
+        "image": pool.downloader_image or image,
         "command": ["python", "-m", "diffusion_sampler.fetch"],
         "env": env,
         "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}],
@@ -148,7 +148,8 @@ def deployment(pool_obj: dict, pool: PoolSpec, model: ModelSpec, revision: str, 
     the count alone."""
     name = pool_obj["metadata"]["name"]
     labels = revision_labels(name, revision)
-    vols, init, model_dir = _model_volumes(pool, model)
+    image = image or pool.image or DEFAULT_SAMPLER_IMAGE
+    vols, init, model_dir = _model_volumes(pool, model, image)
     vols = vols + [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}]
     limits = {pool.gpu.resource: str(pool.gpu.count)}
     requests: dict = {}
@@ -156,7 +157,7 @@ def deployment(pool_obj: dict, pool: PoolSpec, model: ModelSpec, revision: str, 
     requests.update({k: str(v) for k, v in (pool.resources.get("requests") or {}).items()})
     container = {
         "name": "sampler",
-        "image": image or pool.image or DEFAULT_SAMPLER_IMAGE,
+        "image": image,
         "ports": [{"name": "http", "containerPort": SAMPLER_PORT, "protocol": "TCP"}],
         "env": sampler_env(name, revision, pool, model, model_dir),
         "resources": {"limits": limits, **({"requests": requests} if requests else {})},
@@ -308,7 +309,7 @@ def monitor(pool_obj: dict, pool: PoolSpec) -> dict:
     name = pool_obj["metadata"]["name"]
     labels = {**pool_labels(name), **pool.monitoring_labels}
     endpoint = {"port": "http", "path": "/metrics", "interval": f"{pool.scrape_interval}s"}
-    selector = {"matchLabels": {LABEL_POOL: name}}
+    selector: dict[str, Any] = {"matchLabels": {LABEL_POOL: name}}
     if pool.monitoring_kind == "ServiceMonitor":
         # Only revision Services carry the revision label; the pool Service would double-count.
         selector = {"matchLabels": {LABEL_POOL: name},

@@ -7,13 +7,13 @@ cluster in ``devcluster``.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
 
 from .devcluster import toolchain
 from .devcluster.cluster import ClusterConfig, ClusterError, LocalCluster
+from .settings import Settings
 
 
 def _say(msg: str) -> None:
@@ -65,6 +65,19 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_build(args: argparse.Namespace) -> int:
+    """Build or fetch every binary the local cluster needs, into the cache, and nothing else.
+
+    ``make test`` runs this before pytest: on a fresh machine the Kubernetes build takes longer
+    than any test's timeout, so it must not happen inside a test fixture."""
+    _say("Preparing binaries (cached under %s; the first run builds Kubernetes from source, "
+         "15-30 minutes on 2 cores)." % toolchain.cache_root())
+    tools = toolchain.ensure_toolchain()
+    toolchain.ensure_prometheus()
+    print(f"binaries ready: Kubernetes {tools.k8s_version} under {tools.kubectl.parent}")
+    return 0
+
+
 def cmd_dev_down(args: argparse.Namespace) -> int:
     cluster = _cluster_from_args(args)
     stopped = cluster.down()
@@ -85,40 +98,70 @@ def cmd_dev_status(args: argparse.Namespace) -> int:
     return 0 if all(c.healthy for c in st) else 1
 
 
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags over environment over defaults, decided once, here."""
+    base = Settings.from_env()
+    changes = {k: v for k, v in {
+        "namespaces": tuple(args.namespace or ()),
+        "liveness_port": args.liveness_port, "metrics_port": args.metrics_port, "bind": args.bind,
+        "lease_name": args.lease_name, "lease_namespace": args.lease_namespace, "identity": args.identity,
+        "lease_duration_s": args.lease_duration_seconds,
+        "prometheus_url": args.prometheus_url, "sampler_image": args.sampler_image,
+        "tick_seconds": args.tick_seconds, "workers": args.workers, "kubeconfig": args.kubeconfig,
+    }.items() if v is not None}
+    if args.lease_duration_seconds is not None:
+        # client-go's proportions: renew within 2/3 of the lease, retry every 2/15 of it.
+        changes["renew_deadline_s"] = args.lease_duration_seconds * 2 / 3
+        changes["retry_period_s"] = max(0.5, args.lease_duration_seconds * 2 / 15)
+    if args.standalone or args.no_leader_election:
+        changes["leader_election"] = False
+    if args.allow_file_sources:
+        changes["allow_file_sources"] = True
+    changes["verbose"] = args.verbose
+    return base.but(**changes)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .main import run_operator  # imported late: kopf is heavy and `dev` does not need it
 
-    if args.allow_file_sources:
-        os.environ["DIFFUSION_OPERATOR_ALLOW_FILE_SOURCES"] = "1"
-    if args.prometheus_url:
-        os.environ["DIFFUSION_OPERATOR_PROMETHEUS_URL"] = args.prometheus_url
-    return run_operator(namespaces=args.namespace or None, liveness_port=args.liveness_port,
-                        metrics_port=args.metrics_port, peering=args.peering, standalone=args.standalone,
-                        verbose=args.verbose)
+    return run_operator(settings_from_args(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffusion-operator", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="start the operator")
+    run = sub.add_parser("run", help="start the operator",
+                         description="Start the operator. Every flag's default comes from the environment "
+                                     "variable named in operator/diffusion_operator/settings.py.")
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable); "
                      "default: all namespaces")
-    run.add_argument("--liveness-port", type=int, default=int(os.environ.get("LIVENESS_PORT", "8080")))
-    run.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", "9090")))
-    run.add_argument("--peering", default=os.environ.get("KOPF_PEERING", "diffusion-operator"),
-                     help="Kopf peering object name: only one operator replica is active at a time")
-    run.add_argument("--standalone", action="store_true", help="no peering (single replica, local runs)")
+    run.add_argument("--liveness-port", type=int, help="/healthz port (0: off; default 8080)")
+    run.add_argument("--metrics-port", type=int, help="Prometheus metrics port (0: off; default 9090)")
+    run.add_argument("--bind", help="address the liveness and metrics listeners bind (default 127.0.0.1)")
+    run.add_argument("--no-leader-election", action="store_true",
+                     help="act without holding the Lease (one replica only)")
+    run.add_argument("--standalone", action="store_true", help="same as --no-leader-election (local runs)")
+    run.add_argument("--lease-name", help="the coordination.k8s.io Lease replicas elect a leader with "
+                     "(default diffusion-operator)")
+    run.add_argument("--lease-namespace", help="namespace of the Lease (default: the pod's, else default)")
+    run.add_argument("--identity", help="this replica's name in the Lease (default: POD_NAME, else host-pid)")
+    run.add_argument("--lease-duration-seconds", type=float,
+                     help="how long a leader's Lease lasts without renewal: the takeover time (default 15)")
     run.add_argument("--allow-file-sources", action="store_true",
                      help="accept file:// model sources (local development only: they read the node's disk)")
-    run.add_argument("--prometheus-url", default=os.environ.get("DIFFUSION_OPERATOR_PROMETHEUS_URL"),
-                     help="Prometheus for canary analysis when a pool sets no spec.prometheus.url")
+    run.add_argument("--prometheus-url", help="Prometheus for canary analysis when a pool sets no spec.prometheus.url")
+    run.add_argument("--sampler-image", help="sampler image for pools that set no spec.image")
+    run.add_argument("--tick-seconds", type=float, help="how often rollouts in flight are looked at (default 5)")
+    run.add_argument("--workers", type=int, help="handler threads (default 24)")
+    run.add_argument("--kubeconfig", help="kubeconfig outside a cluster (default $KUBECONFIG, ~/.kube/config)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 
     dev = sub.add_parser("dev", help="a local Kubernetes cluster with simulated GPU nodes")
     dsub = dev.add_subparsers(dest="dev_command", required=True)
     for name, func, helptext in (("up", cmd_dev_up, "start (or report) the local cluster"),
+                                 ("build", cmd_dev_build, "build or fetch the cluster's binaries (cached)"),
                                  ("down", cmd_dev_down, "stop the processes the cluster started"),
                                  ("status", cmd_dev_status, "health of each component")):
         sp = dsub.add_parser(name, help=helptext)

@@ -1,21 +1,32 @@
 """The operator's narrow door to the Kubernetes API.
 
-Everything the reconcilers do to the cluster goes through ``Kube``: server-side apply with one
-field manager, get/list/delete, status patches, and "is this kind installed?" checks cached
-for a minute (so a cluster without the Gateway API or Prometheus Operator CRDs does not cost
-a discovery round-trip per reconcile). ``kubernetes.client.ApiException`` never leaves this
-module: it becomes ``ApiUnavailable`` (retry) or ``None``/``False`` (not found).
+Everything the reconcilers do to the cluster goes through a ``KubeAPI``: server-side apply with
+one field manager, get/list/delete, status patches, and "is this kind installed?" checks
+cached for a minute. ``Kube`` is the real one; ``tests/unit/fakekube.py`` is an in-memory one
+for the reconcilers' unit tests.
+
+Reads are served from an ``ObjectCache`` when the watch streams have delivered the object
+(the handlers feed it from Kopf's events, and every write's response goes in too), so a
+reconcile that changes nothing costs no API request. Requests go out as raw JSON: building
+the client's model objects cost more CPU than the request itself.
+
+``kubernetes.client.ApiException`` and urllib3 errors never leave this module: ``_api_errors``
+turns them into ``ChildRejected``/``SpecError`` (400/422: permanent), ``ApiUnavailable``
+(anything else: retry) or ``None``/``False`` (not found).
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import urllib3
 from kubernetes import client, config
@@ -23,6 +34,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ApiException as DynApiException, ResourceNotFoundError
 
+from .conditions import Reason
 from .errors import ApiUnavailable, SpecError
 
 log = logging.getLogger("diffusion_operator.kube")
@@ -32,30 +44,148 @@ APPLIED_HASH = "diffusion.serving.dev/applied-hash"
 REQUEST_TIMEOUT = (5, 30)  # connect, read seconds: never hang a handler on a stuck API call
 
 
-def load_api_client() -> client.ApiClient:
-    """In-cluster config when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+class KubeAPI(Protocol):
+    """What the reconcilers need from the cluster."""
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None: ...
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             label_selector: str | None = None) -> list[dict]: ...
+
+    def select(self, api_version: str, kind: str, namespace: str,
+               labels: dict[str, str | None]) -> builtins.list[dict]: ...
+
+    def apply(self, manifest: dict) -> dict: ...
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool: ...
+
+    def patch_status(self, api_version: str, kind: str, name: str, namespace: str,
+                     status: dict) -> dict | None: ...
+
+    def has_kind(self, api_version: str, kind: str) -> bool: ...
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster config when running in a pod, else ``kubeconfig`` (or $KUBECONFIG, ~/.kube/config)."""
+    cfg = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        # Read $KUBECONFIG now: the client library captures it once, at import time.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    cfg = client.Configuration.get_default_copy()
+        # Pass the path explicitly: the client library captures $KUBECONFIG once, at import time.
+        config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"), client_configuration=cfg)
     cfg.connection_pool_maxsize = 32  # >= the handler thread pool
     return client.ApiClient(cfg)
 
 
-def _is_not_found(exc: Exception) -> bool:
-    return getattr(exc, "status", None) == 404
+def _rv(obj: dict) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+class ObjectCache:
+    """The newest version seen of each object of the watched kinds, from watch events and our
+    own writes' responses.
+
+    Keyed by (kind, namespace, name). A newer resourceVersion wins, so a late watch event never
+    hides our own write, and a deletion leaves a tombstone so a late event cannot bring the
+    object back. Only kinds the operator watches are cached (``watched``): for any other kind
+    a cached copy could silently go stale (nobody would tell us it changed).
+    """
+
+    def __init__(self, watched: frozenset[str] | set[str] = frozenset()) -> None:
+        self.watched = frozenset(watched)
+        self._objs: dict[tuple[str, str | None, str], dict] = {}
+        self._gone: dict[tuple[str, str | None, str], int] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(obj: dict) -> tuple[str, str | None, str]:
+        meta = obj.get("metadata") or {}
+        return obj.get("kind", ""), meta.get("namespace"), meta.get("name", "")
+
+    def put(self, obj: dict, *, kind: str | None = None) -> None:
+        obj = dict(obj)
+        if kind:
+            obj.setdefault("kind", kind)
+        k = self.key(obj)
+        if k[0] not in self.watched:
+            return
+        rv = _rv(obj)
+        with self._lock:
+            if rv and rv <= self._gone.get(k, 0):
+                return
+            old = self._objs.get(k)
+            if old is None or rv >= _rv(old):
+                self._objs[k] = obj
+
+    def deleted(self, obj: dict) -> None:
+        k = self.key(obj)
+        with self._lock:
+            old = self._objs.pop(k, None)
+            self._gone[k] = max(_rv(obj), _rv(old or {}), self._gone.get(k, 0))
+
+    def forget(self, kind: str, namespace: str | None, name: str) -> None:
+        with self._lock:
+            old = self._objs.pop((kind, namespace, name), None)
+            if old is not None:
+                self._gone[(kind, namespace, name)] = _rv(old)
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict | None:
+        with self._lock:
+            return self._objs.get((kind, namespace, name))
+
+    def select(self, kind: str, namespace: str | None, labels: dict[str, str | None]) -> list[dict]:
+        """Cached objects of a kind whose labels match (a None value: the label exists)."""
+        with self._lock:
+            objs = [o for (k, ns, _), o in self._objs.items() if k == kind and ns == namespace]
+        out = []
+        for o in objs:
+            have = (o.get("metadata") or {}).get("labels") or {}
+            if all((key in have) if want is None else have.get(key) == want for key, want in labels.items()):
+                out.append(o)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._objs)
+
+
+@contextlib.contextmanager
+def _api_errors(what: str, *, rejected_is_spec_error: bool = False) -> Iterator[None]:
+    """The one place client exceptions become our typed errors (see the module docstring)."""
+    try:
+        yield
+    except (ApiException, DynApiException) as exc:
+        status = getattr(exc, "status", None)
+        if rejected_is_spec_error and status in (400, 422):
+            raise SpecError(f"{what} rejected by the API server: {_message(exc)}",
+                            reason=Reason.CHILD_REJECTED) from exc
+        raise ApiUnavailable(f"{what}: {status} {_message(exc)}", delay=10) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise ApiUnavailable(f"{what}: {exc}", delay=10) from exc
+
+
+class NotFound(Exception):
+    """Internal: a 404 from a read, delete or status patch."""
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient | None = None):
-        self.api_client = api_client or load_api_client()
+    """The real ``KubeAPI``: raw JSON requests through one ``ApiClient``, reads via ``cache``."""
+
+    def __init__(self, api_client: client.ApiClient | None = None, *, cache: ObjectCache | None = None,
+                 kubeconfig: str | None = None):
+        self.api_client = api_client or load_api_client(kubeconfig)
         self.dyn = DynamicClient(self.api_client)
+        self.cache = cache
         self._kinds: dict[tuple[str, str], tuple[float, Any]] = {}
         self._lock = threading.Lock()
         # (kind, namespace, name) -> (hash of what we applied, the object's version marker then)
         self._applied: dict[tuple[str, str | None, str], tuple[str, str]] = {}
+        self.requests = 0  # API requests sent (discovery excluded): what the benchmark counts
+
+    def close(self) -> None:
+        self.api_client.close()
 
     # --- discovery ---------------------------------------------------------------------------
     def resource(self, api_version: str, kind: str):
@@ -78,32 +208,66 @@ class Kube:
     def has_kind(self, api_version: str, kind: str) -> bool:
         return self.resource(api_version, kind) is not None
 
-    def _res(self, api_version: str, kind: str):
+    def _path(self, api_version: str, kind: str, name: str | None, namespace: str | None) -> str:
         res = self.resource(api_version, kind)
         if res is None:
             raise ApiUnavailable(f"{kind}.{api_version} is not served by this cluster", delay=60)
-        return res
+        return res.path(name=name, namespace=namespace if res.namespaced else None)
+
+    def _call(self, method: str, path: str, *, body: Any = None, query: builtins.list[tuple[str, str]] | None = None,
+              content_type: str = "application/json") -> dict:
+        self.requests += 1
+        request = self.api_client.param_serialize(
+            method, path, query_params=query or [], body=body, auth_settings=["BearerToken"],
+            header_params={"Accept": "application/json", "Content-Type": content_type})
+        resp = self.api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+        data = resp.read()
+        if resp.status == 404:
+            raise NotFound(path)
+        if not 200 <= resp.status <= 299:
+            self.api_client.response_deserialize(resp, {})  # raises the ApiException for the status
+        return json.loads(data or b"{}")
 
     # --- reads -------------------------------------------------------------------------------
-    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:
-        try:
-            obj = self._res(api_version, kind).get(name=name, namespace=namespace, _request_timeout=REQUEST_TIMEOUT)
-        except (ApiException, DynApiException) as exc:
-            if _is_not_found(exc):
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None, *,
+            cached: bool = True) -> dict | None:
+        if cached and self.cache is not None and kind in self.cache.watched:
+            hit = self.cache.get(kind, namespace, name)
+            if hit is not None:
+                return hit
+        with _api_errors(f"get {kind} {namespace}/{name}"):
+            try:
+                obj = self._call("GET", self._path(api_version, kind, name, namespace))
+            except NotFound:
                 return None
-            raise ApiUnavailable(f"get {kind} {namespace}/{name}: {exc}", delay=10) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise ApiUnavailable(f"get {kind} {namespace}/{name}: {exc}", delay=10) from exc
-        return obj.to_dict()
+        obj.setdefault("kind", kind)
+        if self.cache is not None:
+            self.cache.put(obj)
+        return obj
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
              label_selector: str | None = None) -> list[dict]:
-        try:
-            out = self._res(api_version, kind).get(namespace=namespace, label_selector=label_selector,
-                                                    _request_timeout=REQUEST_TIMEOUT)
-        except (ApiException, DynApiException, urllib3.exceptions.HTTPError) as exc:
-            raise ApiUnavailable(f"list {kind} in {namespace}: {exc}", delay=10) from exc
-        return [i for i in out.to_dict().get("items", [])]
+        query = [("labelSelector", label_selector)] if label_selector else []
+        with _api_errors(f"list {kind} in {namespace}"):
+            try:
+                out = self._call("GET", self._path(api_version, kind, None, namespace), query=query)
+            except NotFound:
+                return []
+        items = out.get("items") or []
+        for item in items:
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", api_version)
+        return items
+
+    def select(self, api_version: str, kind: str, namespace: str,
+               labels: dict[str, str | None]) -> builtins.list[dict]:
+        """Objects of a namespace with these labels (None: the label exists): from the cache
+        for watched kinds (what the watch has delivered so far; anything it delivers later
+        triggers another reconcile), else one list request."""
+        if self.cache is not None and kind in self.cache.watched:
+            return self.cache.select(kind, namespace, labels)
+        selector = ",".join(k if v is None else f"{k}={v}" for k, v in labels.items())
+        return self.list(api_version, kind, namespace, label_selector=selector)
 
     # --- writes ------------------------------------------------------------------------------
     @staticmethod
@@ -119,9 +283,9 @@ class Kube:
 
         A no-op apply is still a PATCH request; reconciles triggered by status churn would send
         one per child. So we remember the hash we applied and the object's generation right
-        after: if the live object still carries both, neither we nor anyone else changed it and
-        a GET (served from the apiserver's watch cache) replaces the PATCH. Drift (a hand edit,
-        a deletion) changes the generation or removes the object, and the apply goes through.
+        after: if the live object (from the cache, else a GET) still carries both, neither we
+        nor anyone else changed it and the PATCH is skipped. Drift (a hand edit, a deletion)
+        changes the generation or removes the object, and the apply goes through.
         """
         meta = manifest["metadata"]
         digest = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -133,55 +297,51 @@ class Kube:
                 return live
         manifest = {**manifest, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}),
                                                                       APPLIED_HASH: digest}}}
-        obj = self._server_side_apply(manifest)
+        path = self._path(manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace"))
+        with _api_errors(f"{manifest['kind']} {meta['name']}", rejected_is_spec_error=True):
+            obj = self._call("PATCH", path, body=manifest, content_type="application/apply-patch+yaml",
+                             query=[("fieldManager", FIELD_MANAGER), ("force", "true")])
         self._applied[key] = (digest, self._marker(obj))
+        if self.cache is not None:
+            self.cache.put(obj)
         return obj
 
     def is_as_applied(self, kind: str, namespace: str | None, name: str, live: dict) -> bool:
         """Whether ``live`` is still exactly what our last apply left (same hash, same marker)."""
         cached = self._applied.get((kind, namespace, name))
-        return bool(cached) and self._marker(live) == cached[1] \
-            and ((live.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH) == cached[0]
+        if cached is None:
+            return False
+        digest, marker = cached
+        return self._marker(live) == marker \
+            and ((live.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH) == digest
 
-    def _server_side_apply(self, manifest: dict) -> dict:
-        """Server-side apply with our field manager; conflicts are forced (we own these fields)."""
-        meta = manifest["metadata"]
-        res = self._res(manifest["apiVersion"], manifest["kind"])
-        try:
-            obj = res.server_side_apply(body=manifest, name=meta["name"], namespace=meta.get("namespace"),
-                                        field_manager=FIELD_MANAGER, force_conflicts=True,
-                                        _request_timeout=REQUEST_TIMEOUT)
-        except (ApiException, DynApiException) as exc:
-            if getattr(exc, "status", None) in (400, 422):
-                raise SpecError(f"{manifest['kind']} {meta['name']} rejected by the API server: "
-                                f"{_message(exc)}", reason="ChildRejected") from exc
-            raise ApiUnavailable(f"apply {manifest['kind']} {meta['name']}: {_message(exc)}", delay=10) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise ApiUnavailable(f"apply {manifest['kind']} {meta['name']}: {exc}", delay=10) from exc
-        return obj.to_dict()
+    def forget_applied(self, kind: str, namespace: str | None, name: str) -> None:
+        self._applied.pop((kind, namespace, name), None)
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
-        try:
-            self._res(api_version, kind).delete(name=name, namespace=namespace,
-                                                body={"propagationPolicy": "Background"},
-                                                _request_timeout=REQUEST_TIMEOUT)
-        except (ApiException, DynApiException) as exc:
-            if _is_not_found(exc):
+        self.forget_applied(kind, namespace, name)
+        if self.cache is not None:
+            self.cache.forget(kind, namespace, name)
+        with _api_errors(f"delete {kind} {namespace}/{name}"):
+            try:
+                self._call("DELETE", self._path(api_version, kind, name, namespace),
+                           body={"propagationPolicy": "Background"})
+            except NotFound:
                 return False
-            raise ApiUnavailable(f"delete {kind} {namespace}/{name}: {_message(exc)}", delay=10) from exc
         return True
 
     def patch_status(self, api_version: str, kind: str, name: str, namespace: str, status: dict) -> dict | None:
         """Merge-patch the status subresource; None when the object is gone."""
-        res = self._res(api_version, kind)
-        try:
-            obj = res.status.patch(name=name, namespace=namespace, body={"status": status},
-                                   content_type="application/merge-patch+json", _request_timeout=REQUEST_TIMEOUT)
-        except (ApiException, DynApiException) as exc:
-            if _is_not_found(exc):
+        path = self._path(api_version, kind, name, namespace) + "/status"
+        with _api_errors(f"status of {kind} {namespace}/{name}"):
+            try:
+                obj = self._call("PATCH", path, body={"status": status},
+                                 content_type="application/merge-patch+json")
+            except NotFound:
                 return None
-            raise ApiUnavailable(f"status of {kind} {namespace}/{name}: {_message(exc)}", delay=10) from exc
-        return obj.to_dict()
+        if self.cache is not None:
+            self.cache.put(obj)
+        return obj
 
 
 def _message(exc: Exception) -> str:

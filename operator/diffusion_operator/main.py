@@ -1,20 +1,27 @@
-"""Start the Kopf operator: logging, liveness, metrics, peering.
+"""Start the operator: JSON logs, metrics, leader election, then Kopf.
 
-``run_operator`` is what ``diffusion-operator run`` calls. Importing ``handlers`` registers
-every handler and the startup settings, so ``kopf run -m diffusion_operator.handlers`` (and
-the tests' ``KopfRunner``) get the same operator.
+``run_operator(settings)`` is what ``diffusion-operator run`` calls: it serves the metrics,
+waits for the Lease when leader election is on (``leader``), then runs Kopf with a handler
+registry built for these settings (``handlers.build_registry``) and the settings in ``memo``.
+Tests call ``run_kopf`` on a thread with a ``stop_flag``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
+import threading
 
 import kopf
 
+from .settings import Settings
+
 log = logging.getLogger("diffusion_operator")
+
+
+#: Attributes every LogRecord has; anything else was passed with ``extra=`` and is a field.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,12 +30,12 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
                "logger": record.name, "msg": record.getMessage()}
-        for key in ("namespace", "pool", "model", "revision", "reason"):
-            if hasattr(record, key):
-                out[key] = getattr(record, key)
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith(("_", "k8s_")) and key != "settings":
+                out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return json.dumps(out, default=str)
 
 
 def configure_logging(verbose: bool) -> None:
@@ -44,22 +51,39 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
-def run_operator(*, namespaces: list[str] | None, liveness_port: int, metrics_port: int, peering: str,
-                 standalone: bool, verbose: bool, bind: str | None = None) -> int:
+def run_operator(settings: Settings, *, stop_flag: threading.Event | None = None,
+                 ready_flag: threading.Event | None = None) -> int:
+    """Run until stopped (signal or ``stop_flag``). With leader election (the default), Kopf
+    starts only once this process holds the Lease, and exits when it loses it (``leader``)."""
     from prometheus_client import start_http_server
 
-    from . import handlers  # noqa: F401  (registers the handlers)
+    configure_logging(settings.verbose)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.bind)
+    log.info("starting", extra={"namespaces": ",".join(settings.namespaces) or "all",
+                                "leader_election": settings.leader_election, "identity": settings.identity})
+    if settings.leader_election:
+        from .leader import run_as_leader
 
-    configure_logging(verbose)
-    bind = bind or os.environ.get("DIFFUSION_OPERATOR_BIND", "127.0.0.1")
-    if metrics_port:
-        start_http_server(metrics_port, addr=bind)
-    log.info("starting: namespaces=%s peering=%s", namespaces or "all", "standalone" if standalone else peering)
+        return run_as_leader(settings, lambda stop: run_kopf(settings, stop_flag=stop, ready_flag=ready_flag),
+                             stop_flag=stop_flag)
+    return run_kopf(settings, stop_flag=stop_flag, ready_flag=ready_flag)
+
+
+def run_kopf(settings: Settings, *, stop_flag: threading.Event | None = None,
+             ready_flag: threading.Event | None = None) -> int:
+    """Kopf itself, standalone (one active process is the Lease's job, not Kopf peering's),
+    with a registry built for these settings and the settings in ``memo``."""
+    from .handlers import build_registry
+
     kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces or (),
-        standalone=standalone,
-        peering_name=None if standalone else peering,
-        liveness_endpoint=f"http://{bind}:{liveness_port}/healthz" if liveness_port else None,
+        registry=build_registry(settings),
+        memo=kopf.Memo(settings=settings),
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        standalone=True,
+        liveness_endpoint=f"http://{settings.bind}:{settings.liveness_port}/healthz" if settings.liveness_port else None,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
     )
     return 0

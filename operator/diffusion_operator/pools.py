@@ -1,16 +1,22 @@
 """Reconcile an InferencePool: one level-based pass from spec (and rollout status) to children.
 
-Order of a pass:
-1. parse the spec, resolve the DiffusionModel and its Secrets (missing -> condition + retry);
-2. compute the desired model revision and snapshot it (ControllerRevision);
-3. advance the rollout state machine (``rollout.state_machine.transition``), measuring the
-   canary in Prometheus first when an analysis is due;
-4. server-side apply every child for the revisions that should run, with the weights the
-   rollout status says; delete children of revisions that should not;
-5. compute the whole new status from what the cluster reports; the caller writes it once, and
-   not at all when nothing changed.
+A pass is four named steps and a pure status function:
 
-Nothing here talks to Kopf: handlers call ``reconcile_pool`` and act on the ``PoolResult``.
+1. ``resolve``: parse the spec, find the DiffusionModel and its Secrets, compute the desired
+   revision (model revision + sampler image);
+2. ``advance_rollout``: measure the canary in Prometheus when an analysis is due, then run the
+   rollout state machine (``rollout.state_machine.transition``);
+3. ``apply_children``: server-side apply the Deployments first (they take longest to come up),
+   then Services, HTTPRoute, HPA, PDB, NetworkPolicy and monitoring; delete what the rollout
+   no longer needs;
+4. ``unschedulable_gpu``: whether pods wait for GPUs no node has;
+5. ``pool_status``: the whole new status and the Events, from what the steps saw (pure).
+
+Every ``OperatorError`` raised on the way (a missing model, a child the API server rejects, the
+API being down) ends in ``failed_status``: a condition and an Event naming the cause, and the
+error on the result, which the handler turns into the right Kopf retry. Nothing here talks to
+Kopf, and nothing here reads the clock or the environment: ``now`` and ``ReconcileOptions``
+come in.
 """
 
 from __future__ import annotations
@@ -19,18 +25,19 @@ import dataclasses
 import datetime as dt
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from . import API_GROUP, API_VERSION, builders
 from . import conditions as cond
+from .conditions import PoolPhase, Reason
 from .errors import DependencyMissing, OperatorError, SpecError, TemporaryError
-from .kube import Kube
+from .kube import KubeAPI
 from .models import check_references
 from .rollout import state_machine as sm
 from .rollout.metrics_provider import MetricsProvider, measure
 from .rollout.promql import namespaced_selector
-from .rollout.verdict import AnalysisConfig, decide
+from .rollout.verdict import AnalysisConfig, AnalysisInputs, Verdict, decide
 from .spec import ModelSpec, PoolSpec, model_revision, pool_revision
 
 log = logging.getLogger("diffusion_operator.pools")
@@ -41,22 +48,219 @@ GATEWAY_API = "gateway.networking.k8s.io/v1"
 MONITORING_API = "monitoring.coreos.com/v1"
 
 ProviderFactory = Callable[[dict, PoolSpec], MetricsProvider | None]
+#: (type, reason, message) of a Kubernetes Event.
+Event = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class ReconcileOptions:
+    """What the operator's settings decide for every pool."""
+
+    sampler_image: str = builders.DEFAULT_SAMPLER_IMAGE
+    allow_file_sources: bool = False
 
 
 @dataclass
 class PoolResult:
     status: dict
-    events: list[tuple[str, str, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     error: OperatorError | None = None
-    requeue_after: float | None = None
+    #: The analysis this pass ran, if one was due (for the operator's logs and metrics).
+    verdict: Verdict | None = None
 
 
-def _canary_replicas(pool: PoolSpec, weight: int) -> int:
-    """Enough replicas for the canary's share of traffic, and at least one to warm up."""
-    return max(1, math.ceil(pool.replicas * weight / 100))
+@dataclass(frozen=True)
+class Resolved:
+    pool: PoolSpec
+    model: ModelSpec
+    image: str
+    model_revision: str
+    desired: str
 
 
-def _deployment_counts(dep: dict | None) -> tuple[int, int, bool]:
+@dataclass(frozen=True)
+class Applied:
+    stable_deployment: dict | None
+    traffic: tuple[bool, str, str]
+    monitoring: tuple[bool, str, str] | None
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+def reconcile_pool(kube: KubeAPI, pool_obj: dict, *, now: dt.datetime | None = None,
+                   options: ReconcileOptions = ReconcileOptions(),
+                   provider_factory: ProviderFactory | None = None) -> PoolResult:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    try:
+        resolved = resolve(kube, pool_obj, options)
+        ro, rspec, events, verdict = advance_rollout(kube, pool_obj, resolved, now, provider_factory)
+        applied = apply_children(kube, pool_obj, resolved, ro)
+        pods = kube.select("v1", "Pod", pool_obj["metadata"]["namespace"],
+                           {builders.LABEL_POOL: pool_obj["metadata"]["name"]})
+        status, more = pool_status(pool_obj, resolved, ro, applied, unschedulable_gpu(pods, resolved.pool))
+        return PoolResult(status=status, events=events + more, verdict=verdict)
+    except OperatorError as exc:
+        return failed_status(pool_obj, exc)
+
+
+def resolve(kube: KubeAPI, pool_obj: dict, options: ReconcileOptions) -> Resolved:
+    """The typed spec, the model it serves, and the revision that should be running."""
+    ns = pool_obj["metadata"]["namespace"]
+    try:
+        pool = PoolSpec.from_body(pool_obj.get("spec") or {})
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SpecError(f"spec could not be read: {exc}") from exc
+    dm = kube.get(POOL_API, "DiffusionModel", pool.model_name, ns)
+    if dm is None:
+        raise DependencyMissing(f"DiffusionModel {ns}/{pool.model_name} (spec.modelRef.name) not found",
+                                reason=Reason.MODEL_NOT_FOUND, delay=15)
+    model = ModelSpec.from_body(pool.model_name, dm.get("spec") or {})
+    check_references(kube, ns, model, allow_file_sources=options.allow_file_sources)
+    image = pool.image or options.sampler_image
+    mrev = model_revision(model)
+    return Resolved(pool=pool, model=model, image=image, model_revision=mrev, desired=pool_revision(mrev, image))
+
+
+def advance_rollout(kube: KubeAPI, pool_obj: dict, r: Resolved, now: dt.datetime,
+                    provider_factory: ProviderFactory | None,
+                    ) -> tuple[sm.RolloutStatus, sm.RolloutSpec, list[Event], Verdict | None]:
+    """Judge the canary if an analysis is due, then take the state machine's next step."""
+    meta = pool_obj["metadata"]
+    name, ns = meta["name"], meta["namespace"]
+    rspec = r.pool.rollout
+    rstatus = sm.RolloutStatus.from_dict((pool_obj.get("status") or {}).get("rollout"))
+    canary_ready = False
+    if rstatus.canary_revision:
+        dep = kube.get("apps/v1", "Deployment", builders.revision_name(name, rstatus.canary_revision), ns)
+        canary_ready = deployment_counts(dep)[2]
+    verdict = None
+    if sm.analysis_due(rstatus, rspec, now):
+        config = dataclasses.replace(r.pool.analysis,
+                                     extra_selector=namespaced_selector(ns, r.pool.analysis.extra_selector))
+        verdict = decide(_measure(pool_obj, r, rstatus, config, now, provider_factory), config)
+    action = sm.SREAction.parse((meta.get("annotations") or {}).get(ACTION_ANNOTATION))
+    decision = sm.transition(rstatus, rspec, sm.Observations(now=now, desired_revision=r.desired,
+                                                             canary_ready=canary_ready, verdict=verdict,
+                                                             verdict_at=now, action=action))
+    events = [(a.event_type or "Normal", a.reason or "Rollout", a.message or "") for a in decision.events]
+    return decision.status, rspec, events, verdict
+
+
+def _measure(pool_obj: dict, r: Resolved, ro: sm.RolloutStatus, config: AnalysisConfig, now: dt.datetime,
+             provider_factory: ProviderFactory | None) -> AnalysisInputs:
+    provider = provider_factory(pool_obj, r.pool) if provider_factory else None
+    assert ro.canary_revision, "an analysis is only due while a canary runs"
+    if provider is None:
+        return AnalysisInputs(error="no Prometheus configured: set spec.prometheus.url or start the operator "
+                                    "with --prometheus-url")
+    return measure(provider, pool_obj["metadata"]["name"], ro.canary_revision, ro.stable_revision, config,
+                   canary_age_s=sm.canary_age_s(ro, now))
+
+
+def apply_children(kube: KubeAPI, pool_obj: dict, r: Resolved, ro: sm.RolloutStatus) -> Applied:
+    """Everything the pool owns, as the rollout status says it should be now."""
+    meta = pool_obj["metadata"]
+    name, ns = meta["name"], meta["namespace"]
+    pool = r.pool
+    active = sm.active_revisions(ro)
+    runs = {rev: _revision_model(kube, pool_obj, r, rev) for rev in active}
+    queue = {q["revision"] for q in ro.scale_down_queue}
+    deployments: dict[str, dict] = {}
+    for rev in active:
+        rev_model, rev_image = runs[rev]
+        deployments[rev] = kube.apply(builders.deployment(pool_obj, pool, rev_model, rev,
+                                                          revision_replicas(pool, ro, rev, queue), image=rev_image))
+    for rev in active:
+        kube.apply(builders.revision_service(pool_obj, pool, rev))
+    kube.apply(builders.pool_service(pool_obj, pool))
+    _garbage_collect(kube, ns, name, set(active))
+    traffic = _apply_traffic(kube, pool_obj, pool, sm.desired_weights(ro))
+    if pool.autoscaling:
+        kube.apply(builders.hpa(pool_obj, pool))
+    elif kube.get("autoscaling/v2", "HorizontalPodAutoscaler", name, ns) is not None:
+        kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", name, ns)  # autoscaling was switched off
+    kube.apply(builders.pdb(pool_obj))
+    kube.apply(builders.network_policy(pool_obj))
+    monitoring = _apply_monitoring(kube, pool_obj, pool, ro) if pool.monitoring_enabled else None
+    return Applied(stable_deployment=deployments.get(ro.stable_revision or ""), traffic=traffic,
+                   monitoring=monitoring)
+
+
+def revision_replicas(pool: PoolSpec, ro: sm.RolloutStatus, rev: str, queue: set[str]) -> int:
+    """Stable: the pool's replicas. Canary: enough for its share of traffic, at least one to warm
+    up. An old stable waiting for its scale-down delay keeps serving its drained traffic."""
+    if rev == ro.stable_revision:
+        return pool.replicas
+    if rev == ro.canary_revision:
+        return max(1, math.ceil(pool.replicas * ro.canary_weight / 100))
+    return pool.replicas if rev in queue else 0
+
+
+def _revision_model(kube: KubeAPI, pool_obj: dict, r: Resolved, rev: str) -> tuple[ModelSpec, str]:
+    """What ``rev`` runs. The desired revision is snapshotted in a ControllerRevision; an older
+    one can only be rebuilt from its snapshot, since the DiffusionModel now says something else."""
+    name, ns = pool_obj["metadata"]["name"], pool_obj["metadata"]["namespace"]
+    existing = kube.get("apps/v1", "ControllerRevision", builders.revision_name(name, rev), ns)
+    if rev == r.desired:
+        number = int(existing.get("revision") or 1) if existing else _next_revision_number(kube, ns, name)
+        kube.apply(builders.controller_revision(pool_obj, rev, number, r.model, r.image))
+        return r.model, r.image
+    data = (existing or {}).get("data") or {}
+    if data.get("model") and data.get("image"):
+        return ModelSpec.from_snapshot(data["model"]), data["image"]
+    raise TemporaryError(f"no ControllerRevision snapshot for revision {rev}",
+                         reason=Reason.REVISION_SNAPSHOT_MISSING, delay=30)
+
+
+def _apply_traffic(kube: KubeAPI, pool_obj: dict, pool: PoolSpec, weights: dict[str, int]) -> tuple[bool, str, str]:
+    if pool.traffic_provider != "gateway-api":
+        return True, Reason.SERVICE_ROUTING, "pool Service selects every ready revision; weights follow replica counts"
+    if not kube.has_kind(GATEWAY_API, "HTTPRoute"):
+        return False, Reason.GATEWAY_API_MISSING, "traffic.provider is gateway-api but the HTTPRoute CRD is not installed"
+    kube.apply(builders.httproute(pool_obj, pool, weights))
+    return True, Reason.HTTPROUTE_APPLIED, _weights_text(weights)
+
+
+def _apply_monitoring(kube: KubeAPI, pool_obj: dict, pool: PoolSpec, ro: sm.RolloutStatus) -> tuple[bool, str, str]:
+    if not kube.has_kind(MONITORING_API, pool.monitoring_kind):
+        return (False, Reason.MONITORING_CRDS_MISSING,
+                f"{pool.monitoring_kind} CRD (monitoring.coreos.com) not installed; "
+                "install the Prometheus Operator or set spec.monitoring.enabled=false")
+    kube.apply(builders.monitor(pool_obj, pool))
+    made = [pool.monitoring_kind]
+    if pool.prometheus_rule and kube.has_kind(MONITORING_API, "PrometheusRule"):
+        from .rollout.rules import prometheus_rule
+
+        kube.apply(prometheus_rule(pool_obj, pool, ro.stable_revision))
+        made.append("PrometheusRule")
+    return True, Reason.MONITOR_APPLIED, " and ".join(made) + " applied"
+
+
+def _weights_text(weights: dict[str, int]) -> str:
+    return ", ".join(f"{rev}={w}%" for rev, w in sorted(weights.items(), key=lambda kv: -kv[1])) or "no backends"
+
+
+def _next_revision_number(kube: KubeAPI, ns: str, pool: str) -> int:
+    existing = kube.list("apps/v1", "ControllerRevision", ns, label_selector=f"{builders.LABEL_POOL}={pool}")
+    return max([int(cr.get("revision") or 0) for cr in existing] + [0]) + 1
+
+
+def _garbage_collect(kube: KubeAPI, ns: str, pool: str, keep: set[str]) -> None:
+    """Delete Deployments and Services of revisions that are neither stable, canary nor queued."""
+    for api, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
+        for obj in kube.select(api, kind, ns, {builders.LABEL_POOL: pool, builders.LABEL_REVISION: None}):
+            rev = obj["metadata"]["labels"].get(builders.LABEL_REVISION)
+            if rev not in keep:
+                log.info("deleting %s %s/%s: revision %s is no longer stable, canary or draining", kind, ns,
+                         obj["metadata"]["name"], rev, extra={"namespace": ns, "pool": pool, "revision": rev})
+                kube.delete(api, kind, obj["metadata"]["name"], ns)
+
+
+# --------------------------------------------------------------------------- what the cluster says
+
+
+def deployment_counts(dep: dict | None) -> tuple[int, int, bool]:
     """(replicas, readyReplicas, fully rolled out) as the Deployment controller reports them."""
     if not dep:
         return 0, 0, False
@@ -68,7 +272,13 @@ def _deployment_counts(dep: dict | None) -> tuple[int, int, bool]:
     return st.get("replicas") or 0, ready, current and ready >= want and updated >= want
 
 
-def _unschedulable_gpu(pods: list[dict], pool: PoolSpec) -> str | None:
+def _not_observed_yet(dep: dict | None) -> bool:
+    if not dep:
+        return False
+    return ((dep.get("status") or {}).get("observedGeneration") or 0) < (dep["metadata"].get("generation") or 0)
+
+
+def unschedulable_gpu(pods: list[dict], pool: PoolSpec) -> str | None:
     """A message naming the GPU request when a pod is Pending for lack of GPUs, else None."""
     for pod in pods:
         if (pod.get("status") or {}).get("phase") != "Pending":
@@ -83,214 +293,96 @@ def _unschedulable_gpu(pods: list[dict], pool: PoolSpec) -> str | None:
     return None
 
 
-def _snapshot(kube: Kube, namespace: str, pool_name: str, revision: str) -> tuple[ModelSpec, str] | None:
-    cr = kube.get("apps/v1", "ControllerRevision", builders.revision_name(pool_name, revision), namespace)
-    data = (cr or {}).get("data") or {}
-    if data.get("model") and data.get("image"):
-        return ModelSpec.from_snapshot(data["model"]), data["image"]
-    return None
+# --------------------------------------------------------------------------- status (pure)
 
 
-def reconcile_pool(kube: Kube, pool_obj: dict, *, now: dt.datetime | None = None,
-                   provider_factory: ProviderFactory | None = None) -> PoolResult:
-    now = now or dt.datetime.now(dt.timezone.utc)
+def pool_status(pool_obj: dict, r: Resolved, ro: sm.RolloutStatus, applied: Applied,
+                no_gpu: str | None) -> tuple[dict, list[Event]]:
+    """The pool's whole new status, and the Events its changes deserve. No I/O."""
     meta = pool_obj["metadata"]
-    name, ns, gen = meta["name"], meta["namespace"], meta.get("generation")
+    gen = meta.get("generation")
     old = pool_obj.get("status") or {}
+    pool = r.pool
+    events: list[Event] = []
     conds = list(old.get("conditions") or [])
-    events: list[tuple[str, str, str]] = []
-    status: dict = {"observedGeneration": gen}
-
-    def fail(exc: OperatorError, phase: str = "Degraded") -> PoolResult:
-        nonlocal conds
-        ctype = cond.VALID if isinstance(exc, SpecError) else cond.RESOLVED
-        conds = cond.set_condition(conds, ctype, False, exc.reason, str(exc), gen)
-        conds = cond.set_condition(conds, cond.READY, False, exc.reason, str(exc), gen)
-        was = cond.get_condition(old.get("conditions"), cond.READY)
-        if not was or was.get("reason") != exc.reason or was.get("message") != str(exc):
-            events.append(("Warning", exc.reason, str(exc)))
-        keep = {k: old[k] for k in ("replicas", "readyReplicas", "selector", "rollout", "modelRevision") if k in old}
-        return PoolResult(status={**keep, **status, "phase": old.get("phase") if old.get("rollout") else phase,
-                                  "conditions": conds}, events=events, error=exc)
-
-    # 1. spec and references
-    try:
-        pool = PoolSpec.from_body(pool_obj.get("spec") or {})
-    except (SpecError, KeyError, ValueError, TypeError) as exc:
-        return fail(exc if isinstance(exc, SpecError) else SpecError(f"spec could not be read: {exc}"))
-    conds = cond.set_condition(conds, cond.VALID, True, "SpecValid", "spec is valid", gen)
-    dm = kube.get(POOL_API, "DiffusionModel", pool.model_name, ns)
-    if dm is None:
-        return fail(DependencyMissing(f"DiffusionModel {ns}/{pool.model_name} (spec.modelRef.name) not found",
-                                      reason="ModelNotFound", delay=15), phase="Pending")
-    try:
-        model = ModelSpec.from_body(pool.model_name, dm.get("spec") or {})
-        check_references(kube, ns, model)
-    except (SpecError, DependencyMissing) as exc:
-        return fail(exc, phase="Pending")
-    conds = cond.set_condition(conds, cond.RESOLVED, True, "ReferencesResolved",
+    conds = cond.set_condition(conds, cond.VALID, True, Reason.SPEC_VALID, "spec is valid", gen)
+    conds = cond.set_condition(conds, cond.RESOLVED, True, Reason.REFERENCES_RESOLVED,
                                f"DiffusionModel {pool.model_name} and its Secrets exist", gen)
-    image = pool.image or builders.DEFAULT_SAMPLER_IMAGE
-    status["modelRevision"] = model_revision(model)
-    desired = pool_revision(status["modelRevision"], image)
-    status["desiredRevision"] = desired
-
-    # 2./3. rollout state
-    rspec = sm.RolloutSpec.from_spec((pool_obj.get("spec") or {}).get("rollout"))
-    rstatus = sm.RolloutStatus.from_dict(old.get("rollout"))
-    canary_dep = None
-    if rstatus.canary_revision:
-        canary_dep = kube.get("apps/v1", "Deployment", builders.revision_name(name, rstatus.canary_revision), ns)
-    canary_ready = _deployment_counts(canary_dep)[2]
-    verdict = None
-    if sm.analysis_due(rstatus, rspec, now):
-        provider = provider_factory(pool_obj, pool) if provider_factory else None
-        config = AnalysisConfig.from_pool_spec(pool_obj.get("spec") or {})
-        config = dataclasses.replace(config, extra_selector=namespaced_selector(ns, config.extra_selector))
-        if provider is None:
-            from .rollout.verdict import AnalysisInputs
-
-            inputs = AnalysisInputs(error="no Prometheus configured: set spec.prometheus.url or the operator's "
-                                          "DIFFUSION_OPERATOR_PROMETHEUS_URL")
-        else:
-            inputs = measure(provider, name, rstatus.canary_revision, rstatus.stable_revision, config,
-                             canary_age_s=sm.canary_age_s(rstatus, now))
-        verdict = decide(inputs, config)
-    action = sm.SREAction.parse((meta.get("annotations") or {}).get(ACTION_ANNOTATION))
-    decision = sm.transition(rstatus, rspec, sm.Observations(now=now, desired_revision=desired,
-                                                             canary_ready=canary_ready, verdict=verdict,
-                                                             verdict_at=now, action=action))
-    ro = decision.status
-    for a in decision.events:
-        events.append((a.event_type or "Normal", a.reason or "Rollout", a.message or ""))
-
-    # 4. children
-    active = sm.active_revisions(ro)
-    models: dict[str, tuple[ModelSpec, str]] = {}
-    for rev in active:
-        if rev == desired:
-            models[rev] = (model, image)
-            existing = kube.get("apps/v1", "ControllerRevision", builders.revision_name(name, rev), ns)
-            number = int(existing.get("revision") or 1) if existing else _next_revision_number(kube, ns, name)
-            kube.apply(builders.controller_revision(pool_obj, rev, number, model, image))
-        else:
-            snap = _snapshot(kube, ns, name, rev)
-            if snap is None:
-                # Only a snapshot says what an older revision ran; without one we cannot rebuild it.
-                return fail(TemporaryError(f"no ControllerRevision snapshot for revision {rev}",
-                                           reason="RevisionSnapshotMissing", delay=30))
-            models[rev] = snap
-    queue = {q["revision"] for q in ro.scale_down_queue}
-    applied_deps: dict[str, dict] = {}
-    for rev in active:
-        if rev == ro.stable_revision:
-            replicas = pool.replicas
-        elif rev == ro.canary_revision:
-            replicas = _canary_replicas(pool, ro.canary_weight)
-        else:  # old stable waiting for its scale-down delay keeps serving drained traffic
-            replicas = pool.replicas if rev in queue else 0
-        rev_model, rev_image = models[rev]
-        applied_deps[rev] = kube.apply(builders.deployment(pool_obj, pool, rev_model, rev, replicas, image=rev_image))
-        kube.apply(builders.revision_service(pool_obj, pool, rev))
-    kube.apply(builders.pool_service(pool_obj, pool))
-    _garbage_collect(kube, ns, name, set(active))
-
-    weights = sm.desired_weights(ro)
-    if pool.traffic_provider == "gateway-api":
-        if kube.has_kind(GATEWAY_API, "HTTPRoute"):
-            kube.apply(builders.httproute(pool_obj, pool, weights))
-            conds = cond.set_condition(conds, cond.TRAFFIC, True, "HTTPRouteApplied",
-                                       _weights_text(weights), gen)
-        else:
-            conds = cond.set_condition(conds, cond.TRAFFIC, False, "GatewayAPIMissing",
-                                       "traffic.provider is gateway-api but the HTTPRoute CRD is not installed", gen)
-    else:
-        conds = cond.set_condition(conds, cond.TRAFFIC, True, "ServiceRouting",
-                                   "pool Service selects every ready revision; weights follow replica counts", gen)
-    if pool.autoscaling:
-        kube.apply(builders.hpa(pool_obj, pool))
-    elif kube.get("autoscaling/v2", "HorizontalPodAutoscaler", name, ns) is not None:
-        kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", name, ns)  # autoscaling was switched off
-    kube.apply(builders.pdb(pool_obj))
-    kube.apply(builders.network_policy(pool_obj))
-    if pool.monitoring_enabled:
-        conds = _apply_monitoring(kube, pool_obj, pool, ro, conds, gen)
-
-    # 5. status from what the cluster reports
-    stable_dep = applied_deps.get(ro.stable_revision)
-    replicas, ready, rolled_out = _deployment_counts(stable_dep)
-    pods = kube.list("v1", "Pod", ns, label_selector=f"{builders.LABEL_POOL}={name}")
-    no_gpu = _unschedulable_gpu(pods, pool)
-    status.update({
-        "replicas": replicas, "readyReplicas": ready,
-        "selector": f"{builders.LABEL_POOL}={name}",
-        "rollout": ro.to_dict(),
-    })
+    conds = cond.set_condition(conds, cond.TRAFFIC, *applied.traffic, gen)
+    if applied.monitoring is not None:
+        conds = cond.set_condition(conds, cond.MONITORING, *applied.monitoring, gen)
+    replicas, ready, rolled_out = deployment_counts(applied.stable_deployment)
     rolling = bool(ro.canary_revision)
-    if no_gpu:
-        phase = "Degraded" if ready else "Pending"
-        conds = cond.set_condition(conds, cond.READY, bool(ready) and ready >= pool.replicas, "InsufficientGPU",
-                                   no_gpu, gen)
-        conds = cond.set_condition(conds, cond.DEGRADED, True, "InsufficientGPU", no_gpu, gen)
+    serving = f"{ready}/{pool.replicas} replicas of revision {ro.stable_revision} ready"
+    lagging = _not_observed_yet(applied.stable_deployment) and bool(old.get("phase"))
+    if lagging:
+        # The Deployment controller has not looked at the Deployment's latest generation yet
+        # (a hand edit, a scale, our own apply a moment ago): its counts are from before.
+        # Keep what the pool said; the controller's next status update runs this again.
+        replicas, ready = old.get("replicas", replicas), old.get("readyReplicas", ready)
+        phase = PoolPhase(old["phase"]) if old["phase"] in set(PoolPhase) else PoolPhase.PROGRESSING
+        rolled_out = (cond.get_condition(old.get("conditions"), cond.PROGRESSING) or {}).get("status") == "False"
+    elif no_gpu:
+        phase = PoolPhase.DEGRADED if ready else PoolPhase.PENDING
+        conds = cond.set_condition(conds, cond.READY, bool(ready) and ready >= pool.replicas,
+                                   Reason.INSUFFICIENT_GPU, no_gpu, gen)
+        conds = cond.set_condition(conds, cond.DEGRADED, True, Reason.INSUFFICIENT_GPU, no_gpu, gen)
+        if (cond.get_condition(old.get("conditions"), cond.DEGRADED) or {}).get("reason") != Reason.INSUFFICIENT_GPU:
+            events.append(("Warning", Reason.INSUFFICIENT_GPU, no_gpu))
     elif rolled_out and ready >= pool.replicas:
-        phase = "Ready"
-        conds = cond.set_condition(conds, cond.READY, True, "Ready",
-                                   f"{ready}/{pool.replicas} replicas of revision {ro.stable_revision} ready", gen)
-        conds = cond.set_condition(conds, cond.DEGRADED, False, "AsExpected", "no problems", gen)
+        phase = PoolPhase.READY
+        conds = cond.set_condition(conds, cond.READY, True, Reason.READY, serving, gen)
+        conds = cond.set_condition(conds, cond.DEGRADED, False, Reason.AS_EXPECTED, "no problems", gen)
     else:
         # Losing every ready replica after having had some is Degraded; starting up is Progressing.
-        phase = "Degraded" if ready == 0 and old.get("readyReplicas") else "Progressing"
-        conds = cond.set_condition(conds, cond.READY, False, "ReplicasNotReady",
-                                   f"{ready}/{pool.replicas} replicas of revision {ro.stable_revision} ready", gen)
-        conds = cond.set_condition(conds, cond.DEGRADED, ready < 1 and bool(old.get("readyReplicas")),
-                                   "NoReadyReplicas" if ready < 1 else "AsExpected",
+        lost_all = ready < 1 and bool(old.get("readyReplicas"))
+        phase = PoolPhase.DEGRADED if lost_all else PoolPhase.PROGRESSING
+        conds = cond.set_condition(conds, cond.READY, False, Reason.REPLICAS_NOT_READY, serving, gen)
+        conds = cond.set_condition(conds, cond.DEGRADED, lost_all,
+                                   Reason.NO_READY_REPLICAS if ready < 1 else Reason.AS_EXPECTED,
                                    "no ready replicas" if ready < 1 else "no problems", gen)
     if ro.phase == sm.Phase.ROLLED_BACK:
-        phase = "RolledBack"
+        phase = PoolPhase.ROLLED_BACK
     elif ro.phase == sm.Phase.PAUSED:
-        phase = "Paused"
-    elif rolling and phase == "Ready":
-        phase = "Progressing"
+        phase = PoolPhase.PAUSED
+    elif rolling and phase == PoolPhase.READY:
+        phase = PoolPhase.PROGRESSING
     conds = cond.set_condition(conds, cond.PROGRESSING, rolling or not rolled_out,
-                               ro.reason or ("RolloutInProgress" if rolling else "Stable"),
+                               ro.reason or (Reason.ROLLOUT_IN_PROGRESS if rolling else Reason.STABLE),
                                ro.message or ("" if rolling else f"serving revision {ro.stable_revision}"), gen)
-    status["phase"] = phase
-    status["conditions"] = conds
-    if no_gpu and (cond.get_condition(old.get("conditions"), cond.DEGRADED) or {}).get("reason") != "InsufficientGPU":
-        events.append(("Warning", "InsufficientGPU", no_gpu))
-    return PoolResult(status=status, events=events, requeue_after=sm.next_wakeup_s(ro, rspec, now))
+    status = {
+        "observedGeneration": gen,
+        "modelRevision": r.model_revision,
+        "desiredRevision": r.desired,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "selector": f"{builders.LABEL_POOL}={meta['name']}",
+        "rollout": ro.to_dict(),
+        "phase": str(phase),
+        "conditions": conds,
+    }
+    return status, events
 
 
-def _weights_text(weights: dict[str, int]) -> str:
-    return ", ".join(f"{rev}={w}%" for rev, w in sorted(weights.items(), key=lambda kv: -kv[1])) or "no backends"
-
-
-def _next_revision_number(kube: Kube, ns: str, pool: str) -> int:
-    existing = kube.list("apps/v1", "ControllerRevision", ns, label_selector=f"{builders.LABEL_POOL}={pool}")
-    return max([int(cr.get("revision") or 0) for cr in existing] + [0]) + 1
-
-
-def _garbage_collect(kube: Kube, ns: str, pool: str, keep: set[str]) -> None:
-    """Delete Deployments and Services of revisions that are neither stable, canary nor queued."""
-    selector = f"{builders.LABEL_POOL}={pool},{builders.LABEL_REVISION}"
-    for api, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
-        for obj in kube.list(api, kind, ns, label_selector=selector):
-            rev = obj["metadata"]["labels"].get(builders.LABEL_REVISION)
-            if rev not in keep:
-                kube.delete(api, kind, obj["metadata"]["name"], ns)
-
-
-def _apply_monitoring(kube: Kube, pool_obj: dict, pool: PoolSpec, ro: sm.RolloutStatus, conds: list[dict],
-                      gen: int | None) -> list[dict]:
-    if not kube.has_kind(MONITORING_API, pool.monitoring_kind):
-        return cond.set_condition(conds, cond.MONITORING, False, "MonitoringCRDsMissing",
-                                  f"{pool.monitoring_kind} CRD (monitoring.coreos.com) not installed; "
-                                  "install the Prometheus Operator or set spec.monitoring.enabled=false", gen)
-    kube.apply(builders.monitor(pool_obj, pool))
-    made = [pool.monitoring_kind]
-    if pool.prometheus_rule and kube.has_kind(MONITORING_API, "PrometheusRule"):
-        from .rollout.rules import prometheus_rule
-
-        kube.apply(prometheus_rule(pool_obj, pool_obj.get("spec") or {}, ro.stable_revision))
-        made.append("PrometheusRule")
-    return cond.set_condition(conds, cond.MONITORING, True, "MonitorApplied", " and ".join(made) + " applied", gen)
+def failed_status(pool_obj: dict, exc: OperatorError) -> PoolResult:
+    """The status and Event for a pass that stopped at ``exc``: Ready=False with its reason,
+    everything the last good pass reported kept (the pool still serves what it served)."""
+    gen = pool_obj["metadata"].get("generation")
+    old = pool_obj.get("status") or {}
+    conds = list(old.get("conditions") or [])
+    if isinstance(exc, SpecError):  # the spec itself, or a child it yields, is refused
+        conds = cond.set_condition(conds, cond.VALID, False, exc.reason, str(exc), gen)
+    elif isinstance(exc, DependencyMissing):
+        conds = cond.set_condition(conds, cond.RESOLVED, False, exc.reason, str(exc), gen)
+    conds = cond.set_condition(conds, cond.READY, False, exc.reason, str(exc), gen)
+    events: list[Event] = []
+    was = cond.get_condition(old.get("conditions"), cond.READY)
+    if not was or was.get("reason") != exc.reason or was.get("message") != str(exc):
+        events.append(("Warning", str(exc.reason), str(exc)))
+    keep = {k: old[k] for k in ("replicas", "readyReplicas", "selector", "rollout", "modelRevision",
+                                "desiredRevision") if k in old}
+    first_time = not old.get("rollout")
+    phase = (PoolPhase.PENDING if isinstance(exc, DependencyMissing) or exc.reason == Reason.FILE_SOURCE_NOT_ALLOWED
+             else PoolPhase.DEGRADED) if first_time else old.get("phase")
+    status = {**keep, "observedGeneration": gen, "phase": str(phase) if phase else None, "conditions": conds}
+    return PoolResult(status=status, events=events, error=exc)

@@ -2,7 +2,9 @@
 
 The CRD schema (``crds/``) applies defaults and validates; these parsers only read, so a
 missing field here means an object created before a default existed, and we fall back to the
-same default the schema documents. ``model_revision`` is the hash of everything that defines
+same default the schema documents. ``PoolSpec.from_body`` is the one parser of a pool's spec:
+it carries the rollout steps (``RolloutSpec``) and the SLOs and analysis (``AnalysisConfig``),
+so the reconciler, the rollout and the PrometheusRule read the same parsed values. ``model_revision`` is the hash of everything that defines
 a model's outputs: two DiffusionModels with the same revision produce the same images.
 """
 
@@ -14,6 +16,9 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
 from .errors import SpecError
+from .rollout.burnrate import DEFAULT_SLO_PERIOD_S
+from .rollout.state_machine import RolloutSpec
+from .rollout.verdict import AnalysisConfig
 
 SCHEMES = ("pvc", "hf", "s3", "file")
 
@@ -198,7 +203,9 @@ class PoolSpec:
     priority_class: str | None = None
     pod_labels: dict = field(default_factory=dict)
     pod_annotations: dict = field(default_factory=dict)
-    raw: dict = field(default_factory=dict, compare=False, repr=False)
+    rollout: RolloutSpec = field(default_factory=lambda: RolloutSpec.from_spec(None))
+    analysis: AnalysisConfig = field(default_factory=lambda: AnalysisConfig.from_spec(None))
+    slo_period_s: int = DEFAULT_SLO_PERIOD_S
 
     @classmethod
     def from_body(cls, spec: dict) -> "PoolSpec":
@@ -255,5 +262,7 @@ class PoolSpec:
             priority_class=spec.get("priorityClassName"),
             pod_labels=dict(pm.get("labels") or {}),
             pod_annotations=dict(pm.get("annotations") or {}),
-            raw=spec,
+            rollout=RolloutSpec.from_spec(spec.get("rollout")),
+            analysis=AnalysisConfig.from_pool_spec(spec),
+            slo_period_s=int((spec.get("slo") or {}).get("periodDays") or 0) * 86400 or DEFAULT_SLO_PERIOD_S,
         )

@@ -2,7 +2,7 @@
 Prometheus scraping real sampler processes on the tiny model, and a load generator that
 splits requests by the weights the operator writes into the pool's HTTPRoute.
 
-Test-sized settings (tests/e2e/conftest.py): analysis every 2 s, short window 8 s, so the
+Test-sized settings (tests/support/rollouts.py): analysis every 2 s, short window 8 s, so the
 fastest Workbook pair becomes 14.4x over 96 s / 8 s; 10 requests per second.
 """
 
@@ -12,17 +12,9 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import (
-    INTERVAL_S,
-    LABEL_REVISION,
-    POOL,
-    SCRAPE_S,
-    SHORT_WINDOW_S,
-    TICK_S,
-    PrometheusServer,
-    parse_time,
-    rollout_spec,
-)
+from tests.support.operator_control import TICK_S
+from tests.support.prometheus import SCRAPE_S, PrometheusServer
+from tests.support.rollouts import INTERVAL_S, LABEL_REVISION, POOL, SHORT_WINDOW_S, parse_time, rollout_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -55,19 +47,12 @@ def assert_rolled_back_cleanly(scenario, reason: str) -> dict:
     assert (last["canaryRevision"], last["stableRevision"], last["outcome"], last["reason"]) == \
         (canary, stable, "RolledBack", reason)
     assert scenario.route_weights() == {stable: 100}
-    scenario_wait_gone(scenario, "deployment", f"{POOL}-{canary}")
+    scenario.wait_gone("deployment", f"{POOL}-{canary}")
     dep = scenario.get("deployment", f"{POOL}-{stable}")
     assert dep["spec"]["replicas"] == 1 and dep["status"].get("readyReplicas") == 1
     warnings = [e for e in scenario.events(reason) if e["type"] == "Warning"]
     assert warnings and canary in warnings[0]["message"], scenario.events()
     return ro
-
-
-def scenario_wait_gone(scenario, kind, name, timeout=30):
-    deadline = time.monotonic() + timeout
-    while scenario.get(kind, name) is not None:
-        assert time.monotonic() < deadline, f"{kind} {name} still exists"
-        time.sleep(0.5)
 
 
 # --------------------------------------------------------------------------- 1
@@ -95,7 +80,7 @@ def test_healthy_canary_is_promoted_through_every_step(cluster, operator_ctl, sc
     assert route_canary == sorted(route_canary) and route_canary[-1] == 100, scenario.load.weight_log
     assert scenario.route_weights() == {canary: 100}
     # The old revision is scaled down after scaleDownDelaySeconds and its children removed.
-    scenario_wait_gone(scenario, "deployment", f"{POOL}-{stable}")
+    scenario.wait_gone("deployment", f"{POOL}-{stable}")
     assert scenario.get("deployment", f"{POOL}-{canary}")["spec"]["replicas"] == 1
     assert scenario.pool()["status"]["phase"] == "Ready"
     assert_users_saw_no_errors(scenario.load, canary)
@@ -208,7 +193,7 @@ def test_operator_restarted_mid_rollout_finishes_it_without_duplicates(cluster, 
     assert sorted(steps) == ["canary weight 100%", "canary weight 25%", "canary weight 50%"], steps
     assert len(scenario.events("RolloutStarted")) == 1 and len(scenario.events("RolloutPromoted")) == 1
     # No duplicate objects: one of each per revision, and the old revision cleaned up.
-    scenario_wait_gone(scenario, "deployment", f"{POOL}-{stable}")
+    scenario.wait_gone("deployment", f"{POOL}-{stable}")
     sel = f"diffusion.serving.dev/pool={POOL}"
 
     def per_revision(kind):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from tests.waiting import wait_for
 import yaml
+
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.waiting import wait_for
+from tests.support.polling import wait_for
 import yaml
 
 pytestmark = pytest.mark.integration
@@ -244,3 +244,34 @@ def test_invalid_update_rejected_and_nothing_lost(cluster, namespace, operator):
     assert res.returncode != 0
     assert "maxBatchSize" in res.stderr
     assert get(cluster, namespace, "inferencepool", "tiny")["spec"]["batching"]["maxBatchSize"] == 4
+
+
+def test_child_rejected_by_the_api_server_is_reported_not_retried_forever(cluster, namespace, operator):
+    """The schema lets any string be a pod label value; the API server's Deployment validation
+    does not. The pool must say so (condition and one Event with the server's message), not
+    crash-loop or retry in a hot loop, and recover when the spec is fixed."""
+    apply_examples(cluster, namespace, DM, POOL)
+    pool_ready(cluster, namespace)
+    bad = {"spec": {"podMetadata": {"labels": {"team": "not a label value!"}}}}
+    cluster.kubectl("-n", namespace, "patch", "inferencepool", "tiny", "--type=merge", "-p", json.dumps(bad))
+
+    def rejected():
+        c = condition(get(cluster, namespace, "inferencepool", "tiny"), "Valid")
+        return c and c["status"] == "False" and c["reason"] == "ChildRejected" and c
+    c = wait_for(rejected, what="Valid=False ChildRejected")
+    assert "Deployment tiny-" in c["message"] and "not a label value!" in c["message"]
+    ready = condition(get(cluster, namespace, "inferencepool", "tiny"), "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "ChildRejected"
+    # The pool keeps serving what it served: the old Deployment is untouched.
+    assert get(cluster, namespace, "inferencepool", "tiny")["status"]["readyReplicas"] == 2
+    # One Warning, and no retry storm: the count stays put while nothing changes.
+    def warnings():
+        return [e for e in events(cluster, namespace, "tiny") if e["reason"] == "ChildRejected"]
+    first = wait_for(warnings, what="a ChildRejected Event")
+    time.sleep(5)
+    assert sum(e.get("count", 1) for e in warnings()) == sum(e.get("count", 1) for e in first)
+    fixed = {"spec": {"podMetadata": {"labels": {"team": "vision"}}}}
+    cluster.kubectl("-n", namespace, "patch", "inferencepool", "tiny", "--type=merge", "-p", json.dumps(fixed))
+    wait_for(lambda: (condition(get(cluster, namespace, "inferencepool", "tiny"), "Valid") or {}).get("status") == "True",
+             what="Valid again after the fix")
+    pool_ready(cluster, namespace)

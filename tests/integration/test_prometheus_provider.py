@@ -34,6 +34,7 @@ from diffusion_operator.rollout.metrics_provider import (
     measure,
 )
 from diffusion_operator.rollout.verdict import SLO, AnalysisConfig, Outcome, Reason, decide
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -126,16 +127,14 @@ def prometheus_url(tmp_path_factory) -> str:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Prometheus did not become ready:\n{(root / 'prometheus.log').read_text()[-3000:]}")
-            time.sleep(0.2)
+        def ready() -> bool:
+            if proc.poll() is not None:  # waiting longer cannot help
+                raise RuntimeError(f"Prometheus exited:\n{(root / 'prometheus.log').read_text()[-3000:]}")
+            return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
+
+        wait_for(ready, timeout=60, interval=0.2, what="Prometheus to become ready",
+                 ignoring=(requests.RequestException,),
+                 detail=lambda: f"its log ends:\n{(root / 'prometheus.log').read_text()[-3000:]}")
         yield url
     finally:
         proc.terminate()

@@ -16,8 +16,8 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.sampler_process import SamplerProcess as _SamplerProcess
-from tests.sampler_process import build_tiny_model
+from tests.support.samplers import SamplerProcess as _SamplerProcess
+from tests.support.samplers import build_tiny_model
 
 POOL, REVISION = "test-pool", "rev-1"
 BLOCKED_TERM = "forbiddenword"

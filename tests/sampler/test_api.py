@@ -14,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.waiting import wait_for
+from tests.support.polling import wait_for
 
 from .conftest import BLOCKED_TERM, POOL, REVISION, png_pixels
 

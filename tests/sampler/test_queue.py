@@ -10,21 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.support.polling import wait_for
+
 pytestmark = pytest.mark.sampler
 
 BODY = {"prompt": "a mountain river", "steps": 2}
 
 
 def _wait_idle(server, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.sample("diffusion_sampler_queue_depth") == 0 and \
-                requests.get(server.url + "/readyz", timeout=5).status_code == 200:
-            # the running batch has no gauge; give it the time of one batch
-            time.sleep(1.8)
-            return
-        time.sleep(0.1)
-    raise AssertionError("server did not go idle")
+    wait_for(lambda: server.sample("diffusion_sampler_queue_depth") == 0
+             and requests.get(server.url + "/readyz", timeout=5).status_code == 200,
+             timeout=timeout, interval=0.1, what="the server to go idle")
+    time.sleep(1.8)  # the running batch has no gauge; give it the time of one batch
 
 
 def _start_occupying(server, pool):
@@ -32,11 +29,9 @@ def _start_occupying(server, pool):
     images_before = server.sample("diffusion_sampler_images_generated_total")
     started_before = server.sample("diffusion_sampler_queue_wait_seconds_count")
     future = pool.submit(server.post, "/v1/generate", BODY)
-    deadline = time.monotonic() + 10
     # it has started once it left the queue (queue wait observed)
-    while server.sample("diffusion_sampler_queue_wait_seconds_count") == started_before:
-        assert time.monotonic() < deadline, "occupying request never started"
-        time.sleep(0.05)
+    wait_for(lambda: server.sample("diffusion_sampler_queue_wait_seconds_count") != started_before,
+             timeout=10, interval=0.05, what="the occupying request to start")
     return future, images_before
 
 

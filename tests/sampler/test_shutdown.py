@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.support.polling import wait_for
+
 pytestmark = pytest.mark.sampler
 
 
@@ -18,17 +20,16 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(drain_server):
     body = {"prompt": "a city at night", "steps": 2}
     with ThreadPoolExecutor(5) as pool:
         futures = [pool.submit(server.post, "/v1/generate", body) for _ in range(5)]
-        deadline = time.monotonic() + 15
-        # all five accepted (queued, or started: each start observes one queue wait), some waiting
-        while True:
+
+        def queued_up() -> bool:
+            # all five accepted (queued, or started: each start observes one queue wait), some waiting
             families = server.metrics()  # one scrape, so the two numbers agree
             depth = families["diffusion_sampler_queue_depth"][0].value
             started = next(s.value for s in families["diffusion_sampler_queue_wait_seconds"]
                            if s.name.endswith("_count"))
-            if depth >= 2 and depth + started >= 5:
-                break
-            assert time.monotonic() < deadline, "requests never queued up"
-            time.sleep(0.05)
+            return depth >= 2 and depth + started >= 5
+
+        wait_for(queued_up, timeout=15, interval=0.05, what="the requests to queue up")
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         ready = requests.get(server.url + "/readyz", timeout=5)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import requests
 
-from tests.sampler_process import free_port
+from tests.support.samplers import free_port
 
 pytestmark = pytest.mark.sampler
 

@@ -164,7 +164,7 @@ def test_unknown_scheme_is_a_spec_error():
 
 
 def test_status_patch_is_empty_when_only_nulls_differ():
-    from diffusion_operator.handlers import _changed
+    from diffusion_operator.handlers.outcome import merge_patch as _changed
 
     stored = {"phase": "Ready", "rollout": {"stableRevision": "a"}}
     computed = {"phase": "Ready", "rollout": {"stableRevision": "a", "canaryRevision": None}}
@@ -174,7 +174,7 @@ def test_status_patch_is_empty_when_only_nulls_differ():
 
 
 def test_status_patch_clears_nested_fields():
-    from diffusion_operator.handlers import _changed
+    from diffusion_operator.handlers.outcome import merge_patch as _changed
 
     stored = {"rollout": {"stableRevision": "a", "canaryRevision": "b", "currentStep": 2}}
     computed = {"rollout": {"stableRevision": "b", "canaryRevision": None, "currentStep": None}}

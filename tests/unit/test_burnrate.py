@@ -8,10 +8,8 @@ import pytest
 
 from diffusion_operator.rollout.burnrate import (
     WORKBOOK_PAIRS,
-    PairResult,
     WindowPair,
     burn_rate,
-    evaluate_pair,
     format_duration,
     sanitize_count,
     sanitize_ratio,
@@ -131,27 +129,6 @@ def test_window_pair_validation(kwargs):
 def test_window_pair_round_trips_through_dict():
     p = WindowPair(720, 60, 14.4)
     assert WindowPair.from_dict(p.to_dict()) == p
-
-
-PAIR = WindowPair(720, 60, 14.4)
-
-
-@pytest.mark.parametrize(
-    ("burns", "tripped", "has_data"),
-    [
-        ({720: 20.0, 60: 20.0}, True, True),
-        ({720: 14.4, 60: 14.4}, True, True),  # at the factor counts
-        ({720: 20.0, 60: 10.0}, False, True),  # AND inside a pair: short window recovered
-        ({720: 10.0, 60: 300.0}, False, True),  # a blip: long window not significant
-        ({720: 20.0, 60: None}, False, False),
-        ({}, False, False),
-    ],
-)
-def test_pair_is_and_of_its_windows(burns, tripped, has_data):
-    result = evaluate_pair(PAIR, burns)
-    assert isinstance(result, PairResult)
-    assert result.tripped is tripped
-    assert result.has_data is has_data
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,8 @@ import yaml
 
 from diffusion_operator.builders import LABEL_POOL
 from diffusion_operator.rollout import promql
-from diffusion_operator.rollout.rules import ALERT_PAIRS, prometheus_rule, record_name, rule_name, slis_of
+from diffusion_operator.rollout.rules import ALERT_PAIRS, prometheus_rule as _prometheus_rule, record_name, rule_name
+from diffusion_operator.spec import PoolSpec
 
 # Pure tests are marked unit; the ones that run promtool/helm/gopher-lua are marked e2e.
 
@@ -27,6 +28,19 @@ FULL_SPEC = {
     "monitoring": {"labels": {"release": "kube-prometheus-stack"}},
 }
 MINIMAL_SPEC = {"slo": {"availability": {"objective": 0.99}}}
+
+
+def _pool(spec: dict) -> PoolSpec:
+    """The pool spec as the operator parses it (the same parse the canary analysis reads)."""
+    return PoolSpec.from_body({"modelRef": {"name": "m"}, **spec})
+
+
+def prometheus_rule(pool_obj, spec: dict, revision):
+    return _prometheus_rule(pool_obj, _pool(spec), revision)
+
+
+def slis_of(spec: dict):
+    return _pool(spec).analysis.slos
 
 
 def _rules(rule, group_suffix):
@@ -70,12 +84,13 @@ def test_no_stable_revision_gives_no_groups():
 
 @pytest.mark.unit
 def test_slis_follow_the_spec():
-    assert [s.name for s in slis_of(MINIMAL_SPEC)] == ["availability"]
-    assert [s.name for s in slis_of({})] == ["availability"]  # CRD default objective
+    assert [s.sli for s in slis_of(MINIMAL_SPEC)] == ["availability"]
+    assert [s.sli for s in slis_of({})] == ["availability"]  # CRD default objective
     assert slis_of({})[0].objective == 0.99
-    assert [s.name for s in slis_of(FULL_SPEC)] == ["availability", "latency", "quality"]
-    # a latency objective without its threshold cannot be measured: left out
-    assert [s.name for s in slis_of({"slo": {"latency": {"objective": 0.9}}})] == ["availability"]
+    assert [s.sli for s in slis_of(FULL_SPEC)] == ["availability", "latency", "quality"]
+    # a latency objective without its threshold cannot be measured: refused (the CRD requires it too)
+    with pytest.raises(ValueError, match="threshold"):
+        slis_of({"slo": {"latency": {"objective": 0.9}}})
     with pytest.raises(ValueError):
         slis_of({"slo": {"availability": {"objective": 1.0}}})
 

@@ -135,14 +135,12 @@ def test_fail_carries_the_numbers():
     assert p.threshold_ratio == pytest.approx(0.0144)
     for text in ("availability", "300x", "14.4x", "12m", "1m", "30%", "1.44%", "99.9%"):
         assert text in v.message, text
-    d = v.to_dict()
-    assert d["outcome"] == "fail" and d["reason"] == "AvailabilityBurnRateExceeded"
-    assert len(d["pairs"]) == len(CFG.slos) * len(CFG.pairs)
-    first = d["pairs"][0]
-    assert first["canary"]["short"] == {
-        "windowSeconds": 60, "errorRatio": pytest.approx(0.3), "burnRate": pytest.approx(300.0)
-    }
-    assert first["thresholdErrorRatio"] == pytest.approx(0.0144)
+    assert v.outcome == Outcome.FAIL and v.reason == "AvailabilityBurnRateExceeded"
+    assert len(v.pairs) == len(CFG.slos) * len(CFG.pairs)
+    first = v.pairs[0]
+    assert (first.canary_short.window_s, first.canary_short.ratio, first.canary_short.burn) == (
+        60, pytest.approx(0.3), pytest.approx(300.0))
+    assert first.threshold_ratio == pytest.approx(0.0144)
 
 
 def test_pass_message_lists_each_sli():
@@ -296,3 +294,25 @@ def test_measure_without_a_stable_revision():
     assert all('revision="canary"' in q for q in fake.queries)
     assert len(fake.queries) == len(CFG.windows) * (1 + len(CFG.slos))
     assert decide(inputs, CFG).outcome == Outcome.PASS
+
+
+FAST_ONLY = AnalysisConfig(slos=(SLO("availability", 0.999),), pairs=(FAST,), min_requests=100)
+
+
+@pytest.mark.parametrize(
+    ("burns", "tripped"),
+    [
+        ({720: 20.0, 60: 20.0}, True),
+        ({720: 14.4, 60: 14.4}, True),  # at the factor counts
+        ({720: 20.0, 60: 10.0}, False),  # AND inside a pair: short window recovered
+        ({720: 10.0, 60: 300.0}, False),  # a blip: long window not significant
+        ({720: 20.0, 60: None}, False),  # a window without data never trips
+    ],
+)
+def test_a_pair_trips_only_when_both_windows_burn(burns, tripped):
+    ratios = {w: (None if b is None else b * 0.001) for w, b in burns.items()}
+    canary = RevisionMeasurements(error_ratios={"availability": ratios}, requests={720: 1000.0, 60: 1000.0})
+    v = decide(AnalysisInputs(canary, None), FAST_ONLY)
+    [pair] = v.pairs
+    assert pair.tripped is tripped
+    assert (v.outcome == Outcome.FAIL) is tripped

@@ -71,10 +71,8 @@ __all__ = [
     "DEFAULT_SLO_PERIOD_S",
     "WORKBOOK_PAIRS",
     "WORKBOOK_SHORTEST_WINDOW_S",
-    "PairResult",
     "WindowPair",
     "burn_rate",
-    "evaluate_pair",
     "format_duration",
     "sanitize_count",
     "sanitize_ratio",
@@ -206,41 +204,6 @@ def burn_rate(error_ratio: float | None, objective: float) -> float | None:
     if ratio is None:
         return None
     return ratio / (1.0 - objective)
-
-
-@dataclass(frozen=True)
-class PairResult:
-    """Burn rates of one pair. ``tripped`` is True only when both windows have data and both
-    burn at or above the factor."""
-
-    pair: WindowPair
-    long_burn: float | None
-    short_burn: float | None
-
-    @property
-    def has_data(self) -> bool:
-        return self.long_burn is not None and self.short_burn is not None
-
-    @property
-    def tripped(self) -> bool:
-        return (
-            self.long_burn is not None
-            and self.short_burn is not None
-            and self.long_burn >= self.pair.factor
-            and self.short_burn >= self.pair.factor
-        )
-
-    @property
-    def min_burn(self) -> float | None:
-        """The smaller of the two burns: how hard the pair as a whole is burning."""
-        if not self.has_data:
-            return None
-        return min(self.long_burn, self.short_burn)  # type: ignore[type-var]
-
-
-def evaluate_pair(pair: WindowPair, burns: Mapping[int, float | None]) -> PairResult:
-    """Look up the pair's two windows in ``burns`` (window seconds -> burn rate or None)."""
-    return PairResult(pair=pair, long_burn=burns.get(pair.long_s), short_burn=burns.get(pair.short_s))
 
 
 def format_duration(seconds: float) -> str:

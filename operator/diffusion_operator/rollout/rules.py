@@ -41,31 +41,30 @@ This module must not talk to the API server or decide whether the PrometheusRule
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..builders import LABEL_POOL, owner_reference, pool_labels
 from . import promql
+from .burnrate import format_duration
 from .promql import namespaced_selector
-from .burnrate import DEFAULT_SLO_PERIOD_S, format_duration
+from .verdict import SLO
+
+if TYPE_CHECKING:
+    from ..spec import PoolSpec
 
 __all__ = [
     "ALERT_PAIRS",
     "AlertPair",
     "RECORD_PREFIX",
-    "Sli",
     "alert_rules",
     "prometheus_rule",
     "record_name",
     "recording_rules",
     "rule_name",
-    "slis_of",
 ]
 
 RECORD_PREFIX = "diffusion"
-#: Default availability objective (the CRD's default), used when the spec omits it.
-DEFAULT_AVAILABILITY_OBJECTIVE = 0.99
 RUNBOOK_URL = "https://github.com/diffusion-serving/diffusion-operator/blob/main/docs/operations.md#slo-burn-rate-alerts"
 
 _TITLES = {
@@ -104,50 +103,13 @@ ALERT_PAIRS: tuple[AlertPair, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Sli:
-    name: str
-    objective: float
-    threshold_s: float | None = None
-
-    @property
-    def budget(self) -> str:
-        """``1 - objective`` as a clean PromQL literal (``0.999 -> '0.001'``)."""
-        return _num(1.0 - self.objective)
+def _budget(slo: SLO) -> str:
+    """``1 - objective`` as a clean PromQL literal (``0.999 -> '0.001'``)."""
+    return _num(1.0 - slo.objective)
 
 
 def _num(value: float) -> str:
     return f"{value:.12g}"
-
-
-def _objective(section: Mapping[str, Any] | None, default: float | None = None) -> float | None:
-    if not section:
-        return default
-    value = section.get("objective", default)
-    if value is None:
-        return None
-    value = float(value)
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"SLO objective must be in (0, 1), got {value!r}")
-    return value
-
-
-def slis_of(pool_spec: Mapping[str, Any]) -> tuple[Sli, ...]:
-    """The SLIs a pool's ``spec.slo`` asks for, in :data:`promql.SLI_NAMES` order.
-
-    Availability is always there (the CRD defaults its objective); latency needs both
-    ``thresholdSeconds`` and ``objective``; quality needs an objective.
-    """
-    slo = pool_spec.get("slo") or {}
-    out = [Sli(promql.AVAILABILITY, _objective(slo.get("availability") or {}, DEFAULT_AVAILABILITY_OBJECTIVE))]  # type: ignore[arg-type]
-    lat = slo.get("latency") or {}
-    lat_obj = _objective(lat)
-    if lat_obj is not None and lat.get("thresholdSeconds"):
-        out.append(Sli(promql.LATENCY, lat_obj, float(lat["thresholdSeconds"])))
-    q_obj = _objective(slo.get("quality") or {})
-    if q_obj is not None:
-        out.append(Sli(promql.QUALITY, q_obj))
-    return tuple(out)
 
 
 def record_name(sli: str, window_s: int) -> str:
@@ -160,32 +122,22 @@ def rule_name(pool_name: str) -> str:
     return f"{pool_name[:58]}-slo"
 
 
-def _period_s(pool_spec: Mapping[str, Any]) -> int:
-    days = (pool_spec.get("slo") or {}).get("periodDays")
-    return int(days) * 86400 if days else DEFAULT_SLO_PERIOD_S
-
-
-def _extra_selector(namespace: str, pool_spec: Mapping[str, Any]) -> str:
-    extra = ((pool_spec.get("rollout") or {}).get("analysis") or {}).get("extraSelector") or ""
-    return namespaced_selector(namespace, extra)
-
-
 def _windows() -> tuple[int, ...]:
     return tuple(sorted({w for p in ALERT_PAIRS for w in (p.long_s, p.short_s)}))
 
 
-def recording_rules(namespace: str, pool_name: str, revision: str, slis: tuple[Sli, ...],
+def recording_rules(namespace: str, pool_name: str, revision: str, slis: tuple[SLO, ...],
                     extra_selector: str) -> list[dict]:
     """One recording rule per SLI and alert window, labelled with what ``sum()`` dropped."""
     rules = []
     for sli in slis:
         for w in _windows():
-            expr = promql.error_ratio(sli.name, pool_name, revision, w, latency_threshold_s=sli.threshold_s,
+            expr = promql.error_ratio(sli.sli, pool_name, revision, w, latency_threshold_s=sli.threshold_s,
                                       extra_selector=extra_selector)
             rules.append({
-                "record": record_name(sli.name, w),
+                "record": record_name(sli.sli, w),
                 "expr": expr,
-                "labels": {"namespace": namespace, "pool": pool_name, "revision": revision, "sli": sli.name},
+                "labels": {"namespace": namespace, "pool": pool_name, "revision": revision, "sli": sli.sli},
             })
     return rules
 
@@ -194,7 +146,7 @@ def _series(sli: str, window_s: int, selector: str) -> str:
     return f"{record_name(sli, window_s)}{{{selector}}}"
 
 
-def alert_rules(namespace: str, pool_name: str, revision: str, slis: tuple[Sli, ...], period_s: int) -> list[dict]:
+def alert_rules(namespace: str, pool_name: str, revision: str, slis: tuple[SLO, ...], period_s: int) -> list[dict]:
     """Multi-window burn-rate alerts for ``revision`` (the stable one), one per SLI and pair.
 
     The expression divides by the budget so ``$value`` is the long window's burn rate.
@@ -203,14 +155,14 @@ def alert_rules(namespace: str, pool_name: str, revision: str, slis: tuple[Sli, 
     period = format_duration(period_s)
     rules = []
     for sli in slis:
-        title = _TITLES[sli.name]
-        what = _WHAT[sli.name].format(threshold=_num(sli.threshold_s or 0))
+        title = _TITLES[sli.sli]
+        what = _WHAT[sli.sli].format(threshold=_num(sli.threshold_s or 0))
         for pair in ALERT_PAIRS:
             factor = _num(pair.factor(period_s))
             long_w, short_w = format_duration(pair.long_s), format_duration(pair.short_s)
             expr = (
-                f"({_series(sli.name, pair.long_s, selector)} / {sli.budget} >= {factor})"
-                f" and ({_series(sli.name, pair.short_s, selector)} / {sli.budget} >= {factor})"
+                f"({_series(sli.sli, pair.long_s, selector)} / {_budget(sli)} >= {factor})"
+                f" and ({_series(sli.sli, pair.short_s, selector)} / {_budget(sli)} >= {factor})"
             )
             objective = _num(sli.objective * 100)
             share = _num(pair.budget_share * 100)
@@ -219,7 +171,7 @@ def alert_rules(namespace: str, pool_name: str, revision: str, slis: tuple[Sli, 
                 "expr": expr,
                 "labels": {
                     "severity": pair.severity,
-                    "sli": sli.name,
+                    "sli": sli.sli,
                     "namespace": namespace,
                     "pool": pool_name,
                     "revision": revision,
@@ -229,13 +181,13 @@ def alert_rules(namespace: str, pool_name: str, revision: str, slis: tuple[Sli, 
                 },
                 "annotations": {
                     "summary": (
-                        f"InferencePool {namespace}/{pool_name}: {sli.name} error budget burning at "
+                        f"InferencePool {namespace}/{pool_name}: {sli.sli} error budget burning at "
                         f"{{{{ $value | printf \"%.1f\" }}}}x (threshold {factor}x over {long_w} and {short_w})"
                     ),
                     "description": (
                         f"The stable revision {revision} of InferencePool {namespace}/{pool_name} has had "
                         f"{what} at {{{{ $value | printf \"%.1f\" }}}} times the rate its {objective}% "
-                        f"{sli.name} objective allows, over the last {long_w} and still over the last "
+                        f"{sli.sli} objective allows, over the last {long_w} and still over the last "
                         f"{short_w}. At {factor}x, {share}% of the {period} error budget is gone in {long_w}.\n"
                         f"Runbook: 1) `kubectl diffusion status {pool_name} -n {namespace}` - is a rollout "
                         f"in flight, and is the canary burning too? 2) check the sampler pods "
@@ -251,25 +203,25 @@ def alert_rules(namespace: str, pool_name: str, revision: str, slis: tuple[Sli, 
     return rules
 
 
-def prometheus_rule(pool_obj: dict, pool_spec_dict: dict, revision: str | None) -> dict:
+def prometheus_rule(pool_obj: dict, pool: PoolSpec, revision: str | None) -> dict:
     """The PrometheusRule of one InferencePool for its stable ``revision``.
 
-    ``pool_spec_dict`` is the pool's ``spec`` as stored (CRD defaults applied); ``revision``
-    is ``status.rollout.stableRevision`` or ``None`` before the first one (no groups then).
+    ``pool`` is the parsed spec: its ``analysis.slos`` are the SLOs the canary analysis judges
+    (one SLO model for both), ``slo_period_s`` the budget period. ``revision`` is
+    ``status.rollout.stableRevision`` or ``None`` before the first one (no groups then).
     Owned by the pool, so deleting the pool deletes the rule.
     """
     meta = pool_obj["metadata"]
     name, namespace = meta["name"], meta["namespace"]
-    monitoring = pool_spec_dict.get("monitoring") or {}
-    labels = {**(monitoring.get("labels") or {}), **pool_labels(name)}
+    labels = {**pool.monitoring_labels, **pool_labels(name)}
     groups: list[dict] = []
     if revision:
-        slis = slis_of(pool_spec_dict)
-        extra = _extra_selector(namespace, pool_spec_dict)
+        slis = pool.analysis.slos
+        extra = namespaced_selector(namespace, pool.analysis.extra_selector)
         groups = [
             {"name": f"{namespace}/{name}/sli", "rules": recording_rules(namespace, name, revision, slis, extra)},
             {"name": f"{namespace}/{name}/burn-rate-alerts",
-             "rules": alert_rules(namespace, name, revision, slis, _period_s(pool_spec_dict))},
+             "rules": alert_rules(namespace, name, revision, slis, pool.slo_period_s)},
         ]
     return {
         "apiVersion": "monitoring.coreos.com/v1",

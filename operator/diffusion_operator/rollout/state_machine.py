@@ -428,9 +428,6 @@ class _Run:
 
     # ---- helpers
 
-    def get(self, key: str) -> Any:
-        return self.s[key]
-
     def set(self, **kw: Any) -> None:
         self.s.update(kw)
 
@@ -752,13 +749,3 @@ def transition(status: RolloutStatus, spec: RolloutSpec, obs: Observations) -> D
     _progress(run)
     _scale_down_due(run)
     return Decision(run.result(), tuple(run.actions))
-
-
-def replay(status: RolloutStatus, spec: RolloutSpec, observations: Sequence[Observations]) -> list[Decision]:
-    """Feed observations one after the other (for tests and the benchmark)."""
-    out = []
-    for obs in observations:
-        decision = transition(status, spec, obs)
-        out.append(decision)
-        status = decision.status
-    return out

@@ -225,9 +225,6 @@ class WindowNumbers:
     ratio: float | None
     burn: float | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"windowSeconds": self.window_s, "errorRatio": self.ratio, "burnRate": self.burn}
-
 
 @dataclass(frozen=True)
 class PairVerdict:
@@ -275,23 +272,6 @@ class PairVerdict:
             text += f"; stable {burn(stable_long)}/{burn(self.stable_short.burn)}"
         return text
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "sli": self.sli,
-            "factor": self.pair.factor,
-            "longWindowSeconds": self.pair.long_s,
-            "shortWindowSeconds": self.pair.short_s,
-            "thresholdErrorRatio": self.threshold_ratio,
-            "canary": {"long": self.canary_long.to_dict(), "short": self.canary_short.to_dict()},
-            "stable": None
-            if self.stable_short is None or self.stable_long is None
-            else {"long": self.stable_long.to_dict(), "short": self.stable_short.to_dict()},
-            "canaryRequests": self.canary_requests,
-            "tripped": self.tripped,
-            "stableAlsoBurning": self.stable_also_burning,
-            "skipped": self.skipped,
-        }
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -306,19 +286,19 @@ class Verdict:
     def sli(self) -> str | None:
         return self.decisive.sli if self.decisive else None
 
-    def to_dict(self) -> dict[str, Any]:
-        """Compact form for ``status.rollout.lastAnalysis`` (time is added by the caller)."""
-        return {
-            "outcome": self.outcome.value,
-            "reason": self.reason,
-            "message": self.message,
-            "pairs": [p.to_dict() for p in self.pairs],
-        }
-
 
 def _numbers(m: RevisionMeasurements, sli: str, window_s: int, slo: SLO) -> WindowNumbers:
     ratio = m.ratio(sli, window_s)
     return WindowNumbers(window_s, ratio, burn_rate(ratio, slo.objective))
+
+
+#: Relative slack for "at or above the factor": a burn is a ratio divided by ``1 - objective``,
+#: and ``0.0144 / (1 - 0.999)`` is 14.399999999999999 in floating point.
+_EPS = 1e-9
+
+
+def _at_least(value: float, floor: float) -> bool:
+    return value >= floor * (1.0 - _EPS)
 
 
 def _both_at_least(a: WindowNumbers | None, b: WindowNumbers | None, floor_a: float, floor_b: float) -> bool:
@@ -327,8 +307,8 @@ def _both_at_least(a: WindowNumbers | None, b: WindowNumbers | None, floor_a: fl
         and b is not None
         and a.burn is not None
         and b.burn is not None
-        and a.burn >= floor_a
-        and b.burn >= floor_b
+        and _at_least(a.burn, floor_a)
+        and _at_least(b.burn, floor_b)
     )
 
 

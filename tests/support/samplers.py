@@ -1,7 +1,7 @@
 """Real sampler processes for tests and benchmarks: the tiny model, built once, and
 ``python -m diffusion_sampler`` servers on free 127.0.0.1 ports.
 
-Shared by ``tests/sampler`` (the sampler's own tests), ``tests/e2e`` (samplers scraped by
+Used by ``tests/sampler`` (the sampler's own tests), ``tests/e2e`` (samplers scraped by
 Prometheus during rollouts) and ``benchmarks/rollout_timing.py``. The calling process never
 imports torch: the model is built, and served, by child processes.
 """
@@ -12,14 +12,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
 from diffusion_operator.devcluster.cluster import free_port
+from tests.support.polling import wait_for
 
-__all__ = ["SamplerProcess", "build_tiny_model", "free_port"]
+__all__ = ["ROLLOUT_SAMPLER_ENV", "SamplerProcess", "build_tiny_model", "free_port", "start_samplers"]
 
 
 def build_tiny_model(out: Path, timeout: float = 600) -> Path:
@@ -57,18 +57,15 @@ class SamplerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "diffusion_sampler"], env=full_env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 300.0) -> "SamplerProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+    def wait_ready(self, timeout: float = 300.0) -> SamplerProcess:
+        def ready() -> bool:
+            if self.proc.poll() is not None:  # waiting longer cannot help
                 raise RuntimeError(f"sampler {self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"sampler {self.name} not ready after {timeout} s:\n{self.log()[-3000:]}")
+            return requests.get(self.url + "/readyz", timeout=2).status_code == 200
+
+        wait_for(ready, timeout, 0.2, f"sampler {self.name} to be ready", ignoring=(requests.RequestException,),
+                 detail=lambda: f"its log ends:\n{self.log()[-3000:]}")
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -82,3 +79,36 @@ class SamplerProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self._log.close()
+
+
+#: What every rollout sampler (tests/e2e, benchmarks/rollout_timing.py) runs: the tiny model at
+#: 32x32, one step, on the CPU, with a 1 s latency SLO bucket, so ten requests a second fit on
+#: two busy cores.
+ROLLOUT_SAMPLER_ENV = {
+    "SAMPLER_DTYPE": "fp32",
+    "SAMPLER_DEVICE": "cpu",
+    "SAMPLER_SAFETY_CHECKER": "off",
+    "SAMPLER_DEFAULT_WIDTH": "32",
+    "SAMPLER_DEFAULT_HEIGHT": "32",
+    "SAMPLER_DEFAULT_STEPS": "1",
+    "SAMPLER_MAX_WAIT_MS": "20",
+    "SAMPLER_SLO_LATENCY_THRESHOLDS_S": "1",
+    "SAMPLER_LOG_LEVEL": "INFO",
+}
+
+
+def start_samplers(model_dir: Path, log_dir: Path, specs: dict[str, tuple[str, str, dict]]) -> dict[str, SamplerProcess]:
+    """``{name: (pool, revision, env)}`` -> started and Ready rollout samplers (loaded in
+    parallel; ``env`` over :data:`ROLLOUT_SAMPLER_ENV`). All are stopped if one fails."""
+    procs: dict[str, SamplerProcess] = {}
+    try:
+        for name, (pool, revision, env) in specs.items():
+            procs[name] = SamplerProcess(name, model_dir, log_dir, pool=pool, revision=revision,
+                                         **{**ROLLOUT_SAMPLER_ENV, **env})
+        for proc in procs.values():
+            proc.wait_ready()
+    except BaseException:
+        for proc in procs.values():
+            proc.stop()
+        raise
+    return procs

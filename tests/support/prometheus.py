@@ -1,0 +1,111 @@
+"""Prometheus for the rollout tests and the rollout benchmark: file-based-discovery targets
+(:class:`TargetFile`), an instant query, waiting until targets are scraped, and a Prometheus
+server of our own (:class:`PrometheusServer`) for a scenario that kills it or a benchmark that
+runs without a cluster.
+
+The scrape configuration is the local cluster's (``devcluster.manifests.prometheus_config``),
+so what a test sees here is what ``diffusion-operator dev up`` runs. Not the operator's metrics
+provider: that is ``diffusion_operator.rollout.metrics_provider``, and tests must exercise it,
+not this.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import requests
+import yaml
+
+from diffusion_operator.devcluster.cluster import free_port
+from tests.support.polling import wait_for
+
+#: Scrape interval of every Prometheus here and of the local cluster's in tests.
+SCRAPE_S = 1
+
+
+class TargetFile:
+    """A file-based-discovery target: ``<dir>/<name>.json``, written atomically."""
+
+    def __init__(self, targets_dir: Path, name: str, port: int, labels: dict[str, str]) -> None:
+        self.path = Path(targets_dir) / f"{name}.json"
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": labels}]))
+        tmp.rename(self.path)
+        self.port, self.labels = port, labels
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def prom_query(url: str, query: str, timeout: float = 5) -> list:
+    resp = requests.get(f"{url}/api/v1/query", params={"query": query}, timeout=timeout)
+    resp.raise_for_status()
+    return resp.json()["data"]["result"]
+
+
+def _scraped(url: str, target: TargetFile) -> bool:
+    sel = ",".join([f'instance="127.0.0.1:{target.port}"'] + [f'{k}="{v}"' for k, v in target.labels.items()])
+    return any(r["value"][1] == "1" for r in prom_query(url, f"up{{{sel}}}"))
+
+
+def wait_scraped(url: str, targets: list[TargetFile], timeout: float = 60) -> None:
+    """Until Prometheus has scraped every target successfully under its labels."""
+    pending = list(targets)
+
+    def all_scraped() -> bool:
+        while pending and _scraped(url, pending[0]):
+            pending.pop(0)
+        return not pending
+
+    wait_for(all_scraped, timeout, 0.5, f"Prometheus at {url} to scrape every target",
+             ignoring=(requests.RequestException,),
+             detail=lambda: f"never scraped: {[t.path.name for t in pending]}")
+
+
+class PrometheusServer:
+    """A Prometheus of our own (1 s scrapes, file-based discovery), for a scenario that kills it
+    or a benchmark that runs without a cluster. Same config as the local cluster's."""
+
+    def __init__(self, binary: Path, workdir: Path) -> None:
+        from diffusion_operator.devcluster import manifests
+
+        self.binary, self.dir = Path(binary), Path(workdir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.targets_dir = self.dir / "targets"
+        self.targets_dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "prometheus.yml"
+        self.config.write_text(yaml.safe_dump(manifests.prometheus_config(f"{SCRAPE_S}s", self.targets_dir, self.port)))
+        self.log_path = self.dir / "prometheus.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> PrometheusServer:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([str(self.binary), f"--config.file={self.config}",
+                                      f"--storage.tsdb.path={self.dir / 'data'}",
+                                      f"--web.listen-address=127.0.0.1:{self.port}"],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:  # waiting longer cannot help
+                raise RuntimeError(f"prometheus exited: {self.log_path.read_text()[-2000:]}")
+            return requests.get(self.url + "/-/ready", timeout=1).status_code == 200
+
+        try:
+            wait_for(ready, timeout, 0.25, f"Prometheus at {self.url} to be ready",
+                     ignoring=(requests.RequestException,),
+                     detail=lambda: f"its log ends:\n{self.log_path.read_text()[-2000:]}")
+        except BaseException:
+            self.stop()  # not left running behind a failed start
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # as if the node died: no graceful shutdown
+            self.proc.wait(10)
+        if self.proc is not None:
+            self._log.close()
+            self.proc = None
