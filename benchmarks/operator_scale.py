@@ -26,6 +26,16 @@ What it does (one run, everything started and stopped by this script):
    the plain alternative, timed to all Deployments Ready.
 7. Prints a markdown table (and optionally writes JSON), stops the cluster, removes the state.
 
+With ``--replicas 2`` (high availability) two operator processes run with leader election
+(``--identity op-a`` / ``op-b``, the Lease ``diffusion-system/diffusion-operator``): op-a starts
+first and leads, op-b waits as a standby. Halfway through the idle window the active one (the
+Lease's ``holderIdentity``) is SIGKILLed and a new InferencePool ``pool-failover`` is applied at
+once; the table then reports the takeover: kill to the Lease's new holder, kill to the new
+pool's Deployment (the new leader's first reconcile visible) and to its Ready, and the new
+leader's requests for the rest of the window. The idle rows cover the first half only, and a
+FlowSchema of its own counts the Lease traffic of both replicas (``lease``, not a write verb).
+The default, ``--replicas 1``, is the single ``--standalone`` operator, unchanged.
+
 How requests are counted. The apiserver's ``apiserver_request_total`` has no user label, and
 the controller-manager, scheduler and kwok are busy in the same window, so diffing it only
 gives cluster-wide totals. Instead, the operator authenticates as its own ServiceAccount and
@@ -38,7 +48,7 @@ are not requests); requests rejected by API Priority and Fairness are counted se
 ``rejected``) and were zero in our runs; Events are ``create`` requests and count as writes.
 The cluster-wide ``apiserver_request_total`` by verb is reported alongside for context.
 
-Usage:  .venv/bin/python benchmarks/operator_scale.py [--pools 100] [--idle-seconds 60]
+Usage:  .venv/bin/python benchmarks/operator_scale.py [--pools 100] [--idle-seconds 60] [--replicas 2]
 """
 
 from __future__ import annotations
@@ -76,6 +86,8 @@ PLAIN_NS = "bench-plain"
 VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 FS_PREFIX = "bench-op-"
+LEASE_NAME = "diffusion-operator"  # --replicas 2: the leader-election Lease, in OPERATOR_NS
+FAILOVER_POOL = "pool-failover"    # --replicas 2: applied right after the leader is killed
 
 TARGETS = {
     "ready_s": 60.0,          # all Ready within 60 s of the last apply
@@ -106,9 +118,9 @@ def model_manifest(namespace: str) -> dict:
     return doc
 
 
-def pool_manifest(namespace: str, i: int) -> dict:
+def pool_manifest(namespace: str, i: int, name: str | None = None) -> dict:
     return {"apiVersion": f"{API_GROUP}/v1alpha1", "kind": "InferencePool",
-            "metadata": {"name": f"pool-{i:03d}", "namespace": namespace},
+            "metadata": {"name": name or f"pool-{i:03d}", "namespace": namespace},
             "spec": {"modelRef": {"name": "tiny"}, "replicas": 1, "gpu": {"count": 1}}}
 
 
@@ -122,14 +134,17 @@ def rbac_objects() -> list[dict]:
          "metadata": {"name": "diffusion-operator-bench"}, "rules": rules["framework"] + rules["application"]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": {"name": "diffusion-operator-bench"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "diffusion-operator-bench"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "diffusion-operator-bench"},
          "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]},
     ]
 
 
-def flow_schemas() -> list[dict]:
+def flow_schemas(lease: bool = False) -> list[dict]:
     """One FlowSchema per verb (plus one for non-resource URLs such as discovery), matching only
-    the operator's ServiceAccount, all on the priority level its requests use by default."""
+    the operator's ServiceAccount, all on the priority level its requests use by default.
+    ``lease``: one more, ahead of the others, for every request on Leases (leader election), so
+    the replicas' renewals and polls are counted apart as ``lease`` and not as writes."""
     subject = [{"kind": "ServiceAccount", "serviceAccount": {"name": OPERATOR_SA, "namespace": OPERATOR_NS}}]
     out = []
 
@@ -145,6 +160,9 @@ def flow_schemas() -> list[dict]:
     out.append(fs("nonresource", 800, {"nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}]}))
     out.append(fs("other", 850, {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
                                                      "clusterScope": True, "namespaces": ["*"]}]}))
+    if lease:
+        out.append(fs("lease", 700, {"resourceRules": [{"verbs": ["*"], "apiGroups": ["coordination.k8s.io"],
+                                                         "resources": ["leases"], "namespaces": ["*"]}]}))
     return out
 
 
@@ -227,12 +245,13 @@ def operator_metrics(port: int) -> dict:
                                                  "diffusion_operator_reconcile_duration_seconds_sum",
                                                  "diffusion_operator_reconcile_duration_seconds_count",
                                                  "diffusion_operator_errors_total"}):
-        key = name.replace("diffusion_operator_", "") + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
+        label_text = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        key = name.replace("diffusion_operator_", "") + "{" + label_text + "}"
         out[key] = value
     return out
 
 
-def _reconcile_count(operator: "Operator") -> float:
+def _reconcile_count(operator: Operator) -> float:
     m = operator_metrics(operator.metrics_port)
     return sum(v for k, v in m.items() if k.startswith("reconciles_total"))
 
@@ -254,8 +273,11 @@ def proc_status(pid: int) -> dict:
 
 
 class Operator:
-    def __init__(self, kubeconfig: Path, log_path: Path, src: Path | None = None):
+    def __init__(self, kubeconfig: Path, log_path: Path, src: Path | None = None, identity: str | None = None):
+        """``identity``: run with leader election under that name (``--replicas 2``); without
+        it, ``--standalone`` as always."""
         self.src = src or REPO / "operator"
+        self.identity = identity
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.metrics_port = free_port()
@@ -268,7 +290,10 @@ class Operator:
                "PYTHONPATH": str(self.src) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         cmd = [sys.executable, "-m", "diffusion_operator.cli", "run", "--standalone", "--allow-file-sources",
                "--metrics-port", str(self.metrics_port), "--liveness-port", str(self.liveness_port)]
-        self.log = open(self.log_path, "wb")
+        if self.identity:
+            cmd[cmd.index("--standalone"):cmd.index("--standalone") + 1] = [
+                "--identity", self.identity, "--lease-namespace", OPERATOR_NS, "--lease-name", LEASE_NAME]
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - the operator's stdout until stop() closes it
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, cwd=REPO)
         deadline = time.monotonic() + timeout
@@ -294,6 +319,13 @@ class Operator:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no Lease release (a node dying, the OOM killer)."""
+        self.sample()
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.log.close()
 
     def stop(self) -> None:
         if not self.proc or self.proc.poll() is not None:
@@ -439,6 +471,50 @@ def wait_for(pred, timeout: float, what: str, poll: float = 0.2) -> float:
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def lease_holder(coord) -> str | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return coord.read_namespaced_lease(LEASE_NAME, OPERATOR_NS).spec.holder_identity
+    except ApiException:
+        return None
+
+
+def failover(replicas: list[Operator], coord, custom, pools_w: Watcher, deps_w: Watcher, apiserver: ApiserverMetrics,
+             window_s: float, timeout: float) -> tuple[dict, Operator]:
+    """SIGKILL the replica holding the Lease, apply a new pool at once, and time the takeover.
+    Returns the measurements and the new leader."""
+    holder = lease_holder(coord)
+    leader = next((o for o in replicas if o.identity == holder), None)
+    if leader is None:
+        raise RuntimeError(f"the Lease names {holder!r}, none of {[o.identity for o in replicas]}")
+    standby = next(o for o in replicas if o is not leader)
+    m0 = apiserver.scrape()
+    say(f"SIGKILL the leader {leader.identity}; applying {FAILOVER_POOL}")
+    t_kill = time.monotonic()
+    leader.kill()
+    custom.create_namespaced_custom_object(API_GROUP, "v1alpha1", POOL_NS, "inferencepools",
+                                           pool_manifest(POOL_NS, 0, FAILOVER_POOL))
+    t_lease = wait_for(lambda: lease_holder(coord) == standby.identity, timeout,
+                       f"{standby.identity} to hold the Lease")
+    wait_for(lambda: FAILOVER_POOL in deps_w.seen, timeout, f"the Deployment of {FAILOVER_POOL}")
+    wait_for(lambda: FAILOVER_POOL in pools_w.ready_at, timeout, f"{FAILOVER_POOL} Ready")
+    say(f"{standby.identity} took over: Lease after {t_lease - t_kill:.1f} s, "
+        f"{FAILOVER_POOL}'s Deployment after {deps_w.seen[FAILOVER_POOL] - t_kill:.1f} s")
+    rest = window_s - (time.monotonic() - t_kill)
+    if rest > 0:
+        time.sleep(rest)
+    m1 = apiserver.scrape()
+    requests = op_delta(m0, m1)
+    requests["seconds"] = round(m1["t"] - m0["t"], 1)
+    return {"killed": leader.identity, "new_leader": standby.identity,
+            "lease_s": round(t_lease - t_kill, 2),
+            "deployment_s": round(deps_w.seen[FAILOVER_POOL] - t_kill, 2),
+            "ready_s": round(pools_w.ready_at[FAILOVER_POOL] - t_kill, 2),
+            "killed_peak_rss_mb": round(leader.peak_rss, 1),
+            "requests": requests}, standby
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict:
@@ -451,8 +527,10 @@ def run(args: argparse.Namespace) -> dict:
                                          gpus_per_node=args.gpus_per_node, prometheus=False,
                                          project_crds=REPO / "crds"), toolchain.ensure_toolchain())
     operator: Operator | None = None
+    replicas: list[Operator] = []  # --replicas 2: both processes (operator is the one measured)
     watchers: list = []
-    result: dict = {"pools": n, "gpu_nodes": gpu_nodes, "gpus_per_node": args.gpus_per_node}
+    result: dict = {"pools": n, "gpu_nodes": gpu_nodes, "gpus_per_node": args.gpus_per_node,
+                    "replicas": args.replicas}
     t0 = time.monotonic()
     try:
         cluster.up(progress=lambda m: say(f"cluster: {m}"))
@@ -462,10 +540,12 @@ def run(args: argparse.Namespace) -> dict:
         core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
 
         node_names = [nd.metadata.name for nd in core.list_node().items]
-        renewer = LeaseRenewer(client.CoordinationV1Api(api), node_names)
+        coord = client.CoordinationV1Api(api)
+        renewer = LeaseRenewer(coord, node_names)
         renewer.start()
         watchers.append(renewer)
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac_objects() + flow_schemas()))
+        cluster.kubectl("apply", "-f", "-",
+                        input=yaml.safe_dump_all(rbac_objects() + flow_schemas(lease=args.replicas > 1)))
         for ns in (POOL_NS, PLAIN_NS):
             cluster.kubectl("create", "namespace", ns)
         token = cluster.kubectl("-n", OPERATOR_NS, "create", "token", OPERATOR_SA, "--duration=6h").stdout.strip()
@@ -490,9 +570,19 @@ def run(args: argparse.Namespace) -> dict:
         say("starting the operator (ServiceAccount token, separate process)")
         m_boot = apiserver.scrape()
         t_boot = time.monotonic()
-        operator = Operator(sa_kubeconfig, state / "operator.log",
-                            Path(args.operator_src).resolve() if args.operator_src else None)
-        operator.start()
+        src = Path(args.operator_src).resolve() if args.operator_src else None
+        if args.replicas == 1:
+            operator = Operator(sa_kubeconfig, state / "operator.log", src)
+            operator.start()
+        else:
+            # op-a first, so it is the leader; op-b then waits as a standby.
+            operator = Operator(sa_kubeconfig, state / "operator-op-a.log", src, identity="op-a")
+            replicas.append(operator)
+            operator.start()
+            wait_for(lambda: lease_holder(coord) == "op-a", 60, "op-a to hold the Lease")
+            standby = Operator(sa_kubeconfig, state / "operator-op-b.log", src, identity="op-b")
+            replicas.append(standby)
+            standby.start()
         result["operator_live_s"] = round(time.monotonic() - t_boot, 2)
         time.sleep(args.warmup_seconds)  # watches established, initial listings handled
         operator.sample()
@@ -508,7 +598,8 @@ def run(args: argparse.Namespace) -> dict:
 
         def sample_rss():
             while not stop_sampler.is_set():
-                operator.sample()
+                for o in replicas or [operator]:
+                    o.sample()
                 stop_sampler.wait(0.5)
 
         sampler = threading.Thread(target=sample_rss, daemon=True)
@@ -523,12 +614,12 @@ def run(args: argparse.Namespace) -> dict:
         try:
             t_all_ready = wait_for(lambda: all(x in pools_w.ready_at for x in names), args.ready_timeout,
                                    f"{n} pools Ready")
-        except TimeoutError:
+        except TimeoutError as exc:
             missing = [x for x in names if x not in pools_w.ready_at]
             phases = cluster.kubectl("-n", POOL_NS, "get", "inferencepools", "-o",
                                      "custom-columns=NAME:.metadata.name,PHASE:.status.phase", check=False).stdout
             raise TimeoutError(f"{len(missing)} pools not Ready after {args.ready_timeout} s: {missing[:10]}\n"
-                               f"{phases[:3000]}\n--- operator log ---\n{operator.tail()}")
+                               f"{phases[:3000]}\n--- operator log ---\n{operator.tail()}") from exc
         m_ready = apiserver.scrape()
         result["ready_after_last_apply_s"] = round(t_all_ready - t_apply1, 2)
         result["ready_after_first_apply_s"] = round(t_all_ready - t_apply0, 2)
@@ -570,21 +661,30 @@ def run(args: argparse.Namespace) -> dict:
         settle["quiet_after_s"] = round(last_change - t_all_ready, 1)
         result["settle_requests"] = settle
         cpu_idle0 = operator.sample().get("cpu_s", 0.0)
-        say(f"idle for {args.idle_seconds} s, counting the operator's writes")
-        time.sleep(args.idle_seconds)
+        # With two replicas the leader is killed halfway: the idle rows cover the first half.
+        idle_s = args.idle_seconds if args.replicas == 1 else args.idle_seconds / 2
+        say(f"idle for {idle_s:g} s, counting the operator's writes")
+        time.sleep(idle_s)
         m_idle1 = apiserver.scrape()
         idle = op_delta(m_idle0, m_idle1)
-        idle["requests_per_s"] = round(idle["total"] / args.idle_seconds, 2)
+        idle["requests_per_s"] = round(idle["total"] / idle_s, 2)
         result["idle_requests"] = idle
         result["cpu_idle_s"] = round(operator.sample().get("cpu_s", 0.0) - cpu_idle0, 1)
+        if args.replicas > 1:
+            result["idle_measured_s"] = idle_s
+            result["standby_rss_mb"] = round(standby.sample().get("VmRSS", 0), 1)
+            result["standby_cpu_idle_s"] = round(standby.sample().get("cpu_s", 0.0), 1)
+            result["leader_peak_rss_mb"] = round(operator.peak_rss, 1)
+            result["failover"], operator = failover(replicas, coord, custom, pools_w, deps_w, apiserver,
+                                                    args.idle_seconds - idle_s, args.ready_timeout)
         result["operator_metrics_end"] = operator_metrics(operator.metrics_port)
         stop_sampler.set()
         final = operator.sample()
         result["peak_rss_mb"] = round(operator.peak_rss, 1)
         result["rss_end_mb"] = round(final.get("VmRSS", 0), 1)
         result["operator_cpu_total_s"] = round(final.get("cpu_s", 0), 1)
-        errors = [ln for ln in operator.tail(100000).splitlines() if '"level": "ERROR"' in ln
-                  or '"level": "WARNING"' in ln]
+        errors = [ln for o in replicas or [operator] for ln in o.tail(100000).splitlines()
+                  if '"level": "ERROR"' in ln or '"level": "WARNING"' in ln]
         result["operator_warnings"] = len(errors)
         result["operator_warning_samples"] = errors[:5]
         operator.stop()
@@ -592,7 +692,8 @@ def run(args: argparse.Namespace) -> dict:
 
         # The plain alternative: the same Deployments, applied directly.
         deps = apps.list_namespaced_deployment(POOL_NS, label_selector=LABEL_POOL)
-        deps = api.sanitize_for_serialization(deps)["items"]
+        deps = [d for d in api.sanitize_for_serialization(deps)["items"]
+                if _labels(d).get(LABEL_POOL) != FAILOVER_POOL]  # the N pools only
         plain = [plain_copy(d, PLAIN_NS) for d in deps]
         plain_w = Watcher(apps.list_namespaced_deployment, PLAIN_NS, key=lambda o: o["metadata"]["name"],
                           ready=dep_ready)
@@ -616,15 +717,15 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         for w in watchers:
             w.stop_event.set()
-        if operator is not None:
+        for o in replicas or ([operator] if operator is not None else []):
             try:
-                operator.stop()
+                o.stop()
             except Exception as exc:  # never skip the cluster teardown
                 say(f"stopping the operator: {exc}")
             if args.keep_logs:
                 dest = Path(args.keep_logs)
                 dest.mkdir(parents=True, exist_ok=True)
-                shutil.copy(state / "operator.log", dest / "operator.log")
+                shutil.copy(o.log_path, dest / o.log_path.name)
         say("stopping the cluster")
         cluster.down()
         shutil.rmtree(state, ignore_errors=True)
@@ -632,9 +733,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def fmt_table(r: dict) -> str:
     c, idle = r["create_requests"], r["idle_requests"]
+    idle_s = r.get("idle_measured_s", r["idle_seconds"])
     a2d = r["apply_to_deployment_s"]
     p = r["plain"]
-    ratio = r["ready_after_last_apply_s"] / p["ready_after_last_apply_s"] if p["ready_after_last_apply_s"] else float("inf")
+    plain_last = p["ready_after_last_apply_s"]
+    ratio = r["ready_after_last_apply_s"] / plain_last if plain_last else float("inf")
     ratio_first = r["ready_after_first_apply_s"] / p["ready_after_first_apply_s"]
 
     def mark(ok: bool) -> str:
@@ -663,13 +766,27 @@ def fmt_table(r: dict) -> str:
         ("Operator CPU, create to all Ready", f"{r['cpu_create_s']:.1f} s", "", "", ""),
         ("After all Ready: operator busy for", f"{r['settle_requests']['quiet_after_s']:.1f} s more: "
          f"{r['settle_requests']['total']} requests, {r['settle_requests']['writes']} writes", "", "", ""),
-        (f"Idle {r['idle_seconds']} s (after that): operator writes", str(idle["writes"]), "", "0",
+        (f"Idle {idle_s:g} s (after that): operator writes", str(idle["writes"]), "", "0",
          mark(idle["writes"] <= TARGETS["idle_writes"])),
-        (f"Idle {r['idle_seconds']} s: operator requests",
+        (f"Idle {idle_s:g} s: operator requests",
          f"{idle['total']} ({idle['requests_per_s']:.2f}/s: "
          + (", ".join(f"{k} {v}" for k, v in idle["by_verb"].items()) or "none") + ")", "", "", ""),
-        (f"Idle {r['idle_seconds']} s: operator CPU", f"{r['cpu_idle_s']:.1f} s", "", "", ""),
+        (f"Idle {idle_s:g} s: operator CPU", f"{r['cpu_idle_s']:.1f} s", "", "", ""),
     ]
+    if "failover" in r:
+        f, fr = r["failover"], r["failover"]["requests"]
+        rows += [
+            ("Replicas (leader election)", f"2: {f['killed']} led, {f['new_leader']} standby "
+             f"(RSS {r['standby_rss_mb']:.0f} MiB, CPU {r['standby_cpu_idle_s']:.1f} s so far)", "", "", ""),
+            ("Failover: SIGKILL the leader to the Lease's new holder", f"{f['lease_s']:.1f} s", "",
+             "lease 15 s + retries", ""),
+            (f"Failover: SIGKILL to {FAILOVER_POOL}'s Deployment (new leader's first reconcile)",
+             f"{f['deployment_s']:.1f} s", "", "", ""),
+            (f"Failover: SIGKILL to {FAILOVER_POOL} Ready", f"{f['ready_s']:.1f} s", "", "", ""),
+            (f"Failover: requests in the {fr['seconds']:.0f} s after the kill (resume of {r['pools']} pools)",
+             f"{fr['total']} ({fr['writes']} writes: "
+             + (", ".join(f"{k} {v}" for k, v in fr["by_verb"].items()) or "none") + ")", "", "", ""),
+        ]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = []
     for k, row in enumerate(rows):
@@ -698,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-timeout", type=float, default=600)
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--keep-logs", help="copy the operator's log into this directory")
+    p.add_argument("--replicas", type=int, choices=(1, 2), default=1,
+                   help="2: two operator processes with leader election; SIGKILL the leader halfway through "
+                        "the idle window and report the takeover (default 1: one --standalone operator)")
     args = p.parse_args(argv)
 
     # SIGTERM (CI cancel, timeout) must still run the cleanup in `finally`.

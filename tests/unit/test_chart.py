@@ -27,7 +27,8 @@ CRDS = REPO / "crds"
 HELM_VERSION = "v3.21.4"
 KUBE_VERSION = "1.31.0"  # helm built by `go install` defaults to an old one; the chart needs >=1.30
 RULES = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
-CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
+CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
+LEASE_RULE = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
 
 
 # --- CRD copies -------------------------------------------------------------------------------
@@ -49,19 +50,20 @@ def test_sync_script_check_mode_agrees():
 
 
 @pytest.mark.unit
-def test_kopf_peering_crds():
-    docs = [d for d in yaml.safe_load_all((CRDS / "kopf.dev_peerings.yaml").read_text()) if d]
-    by_kind = {d["spec"]["names"]["kind"]: d for d in docs}
-    assert set(by_kind) == {"ClusterKopfPeering", "KopfPeering"}
-    assert by_kind["ClusterKopfPeering"]["spec"]["scope"] == "Cluster"
-    assert by_kind["KopfPeering"]["spec"]["scope"] == "Namespaced"
-    for d in docs:
-        assert d["apiVersion"] == "apiextensions.k8s.io/v1"
-        assert d["spec"]["group"] == "kopf.dev"
-        [v] = d["spec"]["versions"]
-        assert v["name"] == "v1" and v["served"] and v["storage"]
-        status = v["schema"]["openAPIV3Schema"]["properties"]["status"]
-        assert status["x-kubernetes-preserve-unknown-fields"] is True
+def test_no_kopf_peering_left():
+    """Leader election is a Lease now: no peering CRDs, rules, templates or values."""
+    assert not list(CRDS.glob("kopf.dev*")) and not list((CHART / "crds").glob("kopf.dev*"))
+    assert not (CHART / "templates" / "peering.yaml").exists()
+    for path in [CHART / "values.yaml", CHART / "values.schema.json", CHART / "files" / "rbac-rules.yaml",
+                 *sorted((CHART / "templates").iterdir())]:
+        assert "peering" not in path.read_text().lower(), path
+
+
+@pytest.mark.unit
+def test_rbac_rules_grant_the_lease_and_nothing_more_for_it():
+    lease_rules = [r for r in RULES["framework"] + RULES["application"] if "coordination.k8s.io" in r["apiGroups"]]
+    assert lease_rules == [LEASE_RULE]  # no list/watch (standbys poll with get), no delete
+    assert LEASE_RULE in RULES["framework"]
 
 
 # --- Chart.yaml, values ----------------------------------------------------------------------
@@ -175,6 +177,7 @@ def test_schema_and_values_name_the_same_keys():
     ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces[0]"),
     ({"image": {"repository": "r", "pullPolicy": "Sometimes"}}, "pullPolicy"),
     ({"metrics": {"port": "9090"}}, "metrics.port"),
+    ({"replicas": "2"}, "replicas"),
     ({"typo": 1}, "typo"),
 ])
 def test_schema_rejects_bad_values(patch, bad):
@@ -203,8 +206,8 @@ def helm() -> Path:
 
 def _helm(helm, *args, check=True):
     res = subprocess.run([str(helm), *args], capture_output=True, text=True,
-                         env={**os.environ, "HELM_CACHE_HOME": "/tmp/helm-cache", "HELM_CONFIG_HOME": "/tmp/helm-config",
-                              "HELM_DATA_HOME": "/tmp/helm-data"})
+                         env={**os.environ, "HELM_CACHE_HOME": "/tmp/helm-cache",
+                              "HELM_CONFIG_HOME": "/tmp/helm-config", "HELM_DATA_HOME": "/tmp/helm-data"})
     if check:
         assert res.returncode == 0, res.stdout + res.stderr
     return res
@@ -237,32 +240,38 @@ def test_helm_lint(helm):
 def test_helm_template_cluster_wide(helm):
     docs = _render(helm)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service",
                      "ServiceAccount"]
     role = _one(docs, "ClusterRole")
-    assert role["rules"] == RULES["framework"] + RULES["application"]
+    # every rule but the Lease's, which goes into a Role in the release namespace
+    assert role["rules"] == [r for r in RULES["framework"] + RULES["application"] if r != LEASE_RULE]
     binding = _one(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     sa = _one(docs, "ServiceAccount")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                     "namespace": "diffusion-system"}]
-    assert _one(docs, "ClusterKopfPeering")["metadata"]["name"] == "diffusion-operator"
+    _assert_leader_election_role(docs, sa["metadata"]["name"], "diffusion-system")
 
     dep = _one(docs, "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == sa["metadata"]["name"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     [c] = pod["containers"]
     assert c["command"] == ["diffusion-operator"]
-    assert c["args"][:2] == ["run", "--peering=diffusion-operator"]
+    assert c["args"][0] == "run" and not any("peering" in a for a in c["args"])
     assert "--metrics-port=9090" in c["args"] and "--liveness-port=8080" in c["args"]
     assert not any(a.startswith("--namespace") for a in c["args"])
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["DIFFUSION_OPERATOR_BIND"] == "0.0.0.0"
     assert env["DIFFUSION_OPERATOR_SAMPLER_IMAGE"] == "ghcr.io/diffusion-serving/diffusion-sampler:0.1.0"
+    assert env["DIFFUSION_OPERATOR_LEADER_ELECTION"] == "true"
+    assert env["DIFFUSION_OPERATOR_LEASE_NAME"] == "ops-diffusion-operator"  # the release's full name
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e}
+    assert downward == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"healthz": 8080, "metrics": 9090}
@@ -282,30 +291,61 @@ def test_helm_template_namespaced(helm):
     docs = _render(helm, "watchNamespaces={team-a,team-b}", "metrics.serviceMonitor.enabled=true",
                    "prometheus.url=http://prometheus.monitoring:9090")
     roles = [d for d in docs if d["kind"] == "Role"]
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["diffusion-system", "team-a", "team-b"]
     bindings = [d for d in docs if d["kind"] == "RoleBinding"]
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    for r in roles:
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["diffusion-system", "team-a", "team-b"]
+    watched = [r for r in roles if r["metadata"]["namespace"] != "diffusion-system"]
+    assert sorted(r["metadata"]["namespace"] for r in watched) == ["team-a", "team-b"]
+    for r in watched:
         resources = {res for rule in r["rules"] for res in rule["resources"]}
         assert not resources & CLUSTER_SCOPED
-        assert {"inferencepools", "deployments", "kopfpeerings", "events", "prometheusrules"} <= resources
+        assert "leases" not in resources
+        assert {"inferencepools", "deployments", "events", "prometheusrules"} <= resources
     cluster_role = _one(docs, "ClusterRole")
     assert {res for rule in cluster_role["rules"] for res in rule["resources"]} == {
         "customresourcedefinitions", "namespaces"}
+    lease_role = _assert_leader_election_role(docs, "ops-diffusion-operator", "diffusion-system")
     # every rule of the source file survives the split, resource by resource
     want = {(tuple(r["apiGroups"]), res, tuple(r["verbs"])) for r in RULES["framework"] + RULES["application"]
-            for res in r["resources"] if res != "clusterkopfpeerings"}
-    got = {(tuple(r["apiGroups"]), res, tuple(r["verbs"])) for r in roles[0]["rules"] + cluster_role["rules"]
-           for res in r["resources"]}
+            for res in r["resources"]}
+    got = {(tuple(r["apiGroups"]), res, tuple(r["verbs"]))
+           for r in watched[0]["rules"] + cluster_role["rules"] + lease_role["rules"] for res in r["resources"]}
     assert got == want
-    assert not [d for d in docs if d["kind"] == "ClusterKopfPeering"]
-    peerings = [d for d in docs if d["kind"] == "KopfPeering"]
-    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
     [c] = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert "--namespace=team-a" in c["args"] and "--namespace=team-b" in c["args"]
     assert {"name": "DIFFUSION_OPERATOR_PROMETHEUS_URL", "value": "http://prometheus.monitoring:9090"} in c["env"]
     sm = _one(docs, "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def _assert_leader_election_role(docs, sa_name, namespace):
+    """The Lease rule, alone, in a Role bound to the operator in the release's namespace."""
+    [role] = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")]
+    assert role["metadata"]["namespace"] == namespace
+    assert role["rules"] == [LEASE_RULE]
+    [binding] = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == role["metadata"]["name"]]
+    assert binding["metadata"]["namespace"] == namespace
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": namespace}]
+    return role
+
+
+@pytest.mark.e2e
+def test_helm_replicas_from_values(helm):
+    dep = _one(_render(helm, "replicas=3"), "Deployment")
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    res = _helm(helm, "template", "x", str(CHART), f"--kube-version={KUBE_VERSION}", "--set", "replicas=0",
+                check=False)
+    assert res.returncode != 0 and "replicas" in res.stderr
+
+
+@pytest.mark.e2e
+def test_helm_lease_name_follows_the_release(helm):
+    [c] = _one(_render(helm, release="diffusion-operator"), "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["DIFFUSION_OPERATOR_LEASE_NAME"] == "diffusion-operator"  # `kubectl get lease diffusion-operator`
 
 
 @pytest.mark.e2e

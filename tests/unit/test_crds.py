@@ -237,9 +237,11 @@ def validate(value, node: dict, path: str) -> list[str]:
     if "enum" in node and value not in node["enum"]:
         errs.append(f"{path}: {value!r} not in {node['enum']}")
     if t in ("integer", "number"):
-        if "minimum" in node and (value <= node["minimum"] if node.get("exclusiveMinimum") else value < node["minimum"]):
+        lo = node.get("minimum")
+        if lo is not None and (value <= lo if node.get("exclusiveMinimum") else value < lo):
             errs.append(f"{path}: {value} below minimum {node['minimum']}")
-        if "maximum" in node and (value >= node["maximum"] if node.get("exclusiveMaximum") else value > node["maximum"]):
+        hi = node.get("maximum")
+        if hi is not None and (value >= hi if node.get("exclusiveMaximum") else value > hi):
             errs.append(f"{path}: {value} above maximum {node['maximum']}")
         if "multipleOf" in node and value % node["multipleOf"]:
             errs.append(f"{path}: {value} not a multiple of {node['multipleOf']}")

@@ -52,32 +52,37 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 RBAC rules from files/rbac-rules.yaml (the single source, also used by the tests), split by
-scope. Kopf reads a few cluster-scoped resources (CRDs for discovery, namespaces); in
-namespaced mode those go into a small ClusterRole, the ClusterKopfPeering rule is dropped (a
-namespaced operator peers through KopfPeerings) and everything else goes into a Role per
-watched namespace.
-  include "diffusion-operator.rules" (dict "ctx" . "scope" "all|cluster|namespaced")
+scope. Kopf reads a few cluster-scoped resources (CRDs for discovery, namespaces): a cluster-wide
+operator gets them in its ClusterRole with everything else; a namespaced one in a small
+ClusterRole, with everything else in a Role per watched namespace. The leader-election Lease
+lives in the release's namespace, so leases go only into a Role there, in either mode.
+  include "diffusion-operator.rules" (dict "ctx" . "scope" "all|cluster|namespaced|leader")
 */}}
 {{- define "diffusion-operator.rules" -}}
 {{- $file := .ctx.Files.Get "files/rbac-rules.yaml" | fromYaml -}}
 {{- $all := concat ($file.framework | default list) ($file.application | default list) -}}
 {{- $clusterScoped := list "customresourcedefinitions" "namespaces" -}}
-{{- /* only a cluster-wide operator uses a ClusterKopfPeering; a namespaced one uses KopfPeerings */ -}}
-{{- $clusterwideOnly := list "clusterkopfpeerings" -}}
+{{- $leader := list "leases" -}}
 {{- $out := list -}}
 {{- range $rule := $all -}}
-{{- if eq $.scope "all" -}}
-{{- $out = append $out $rule -}}
-{{- else -}}
 {{- $res := list -}}
 {{- range $r := $rule.resources -}}
-{{- if and (not (has $r $clusterwideOnly)) (eq (has $r $clusterScoped) (eq $.scope "cluster")) -}}
+{{- $keep := false -}}
+{{- if eq $.scope "leader" -}}
+{{- $keep = has $r $leader -}}
+{{- else if has $r $leader -}}
+{{- $keep = false -}}
+{{- else if eq $.scope "all" -}}
+{{- $keep = true -}}
+{{- else -}}
+{{- $keep = eq (has $r $clusterScoped) (eq $.scope "cluster") -}}
+{{- end -}}
+{{- if $keep -}}
 {{- $res = append $res $r -}}
 {{- end -}}
 {{- end -}}
 {{- if $res -}}
 {{- $out = append $out (dict "apiGroups" $rule.apiGroups "resources" $res "verbs" $rule.verbs) -}}
-{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml $out -}}
