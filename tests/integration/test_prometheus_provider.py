@@ -102,8 +102,39 @@ def _openmetrics(end: int) -> str:
     family("diffusion_sampler_blank_images", "counter", [
         ("diffusion_sampler_blank_images_total", {"pool": POOL, "kind": "blank"}, "blank"),
     ])
+    lines.extend(_shared_outage(end))
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
+
+
+OUTAGE_POOL = "pool-outage"
+OUTAGE_S = 60
+
+
+def _shared_outage(end: int) -> list[str]:
+    """``pool-outage``: the stable served 2 requests/s without errors for 14 minutes, then both
+    revisions answered every request with a 500 for the last 60 s, the canary's whole life
+    (a shared dependency died just as the canary came up)."""
+    times = list(range(end - SPAN_S, end + 1, STEP_S))
+    outage_from = end - OUTAGE_S
+    base = f'pool="{OUTAGE_POOL}",endpoint="generations"'
+    out = []
+    for rev in ("stable", "canary"):
+        ok = err = 0
+        for ts in times:
+            if ts < outage_from:
+                if rev == "canary":
+                    continue
+                ok += 10
+            else:
+                err += 10
+            if rev == "stable":
+                out.append(f'diffusion_sampler_requests_total{{{base},code="200",revision="{rev}"}} {ok} {ts}')
+            if ts >= outage_from:
+                out.append(f'diffusion_sampler_requests_total{{{base},code="500",revision="{rev}"}} {err} {ts}')
+    def series_then_time(line: str) -> tuple[str, int]:
+        return line.split("}")[0], int(line.rsplit(" ", 1)[1])
+    return ["# TYPE diffusion_sampler_requests_outage counter"] + sorted(out, key=series_then_time)
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +318,20 @@ def test_auth_headers_are_sent():
     finally:
         server.shutdown()
     assert seen == ["Bearer tok", "Basic dTpw"]
+
+
+def test_a_shared_outage_is_not_blamed_on_a_young_canary(provider):
+    """Both revisions at 100% 5xx for the canary's whole 61 s life. Over a 10-minute window the
+    stable's 14 healthy minutes diluted its burn (about 100x against the canary's 1000x), so the
+    canary was blamed, rolled back and blacklisted for an outage it did not cause. Measured over
+    the same span, both burn alike: inconclusive, the canary is not to blame."""
+    config = AnalysisConfig(slos=(SLO("availability", 0.999),), pairs=(WindowPair(600, 60, 14.4),),
+                            interval_s=60, min_requests=50)
+    inputs = measure(provider, OUTAGE_POOL, "canary", "stable", config, canary_age_s=61)
+    assert inputs.canary.error_ratios["availability"][600] == pytest.approx(1.0)
+    assert inputs.stable.error_ratios["availability"][600] == pytest.approx(1.0, abs=0.1)
+    verdict = decide(inputs, config)
+    assert verdict.outcome == Outcome.INCONCLUSIVE and verdict.reason == Reason.STABLE_ALSO_BURNING, verdict.message
+    # An old canary (spans not cut) still sees the diluted stable: the shape of the fault.
+    diluted = measure(provider, OUTAGE_POOL, "canary", "stable", config, canary_age_s=None)
+    assert diluted.stable.error_ratios["availability"][600] < 0.2

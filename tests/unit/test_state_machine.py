@@ -542,3 +542,95 @@ def test_status_matches_the_crd_schema():
         if d["pausedBy"]:
             assert d["pausedBy"] in ("user", "errorPolicy")
     assert statuses[-1].last_analysis["burnRates"][0]["state"] == "tripped"
+
+
+# --- judgement faults found by replaying the core (issue: rollout judgement an SRE would sign)
+
+
+def test_a_clock_stepping_back_does_not_silence_the_analysis():
+    """Before: the wall clock stepping back 600 s made every verdict look older than the last
+    one, so a 100%-error canary was rolled back 600 s late."""
+    drv = Driver()
+    drv.to_step0(ready_at=20)
+    drv.step(30, verdict=PASS)
+    assert analysis_due(drv.status, SPEC, t(-570))
+    assert next_wakeup_s(drv.status, SPEC, t(-570)) == 0.0
+    drv.step(-570, verdict=FAIL)
+    assert drv.status.phase == Phase.ROLLED_BACK and drv.status.reason == Reason.AVAILABILITY_EXCEEDED
+
+
+def test_a_promote_in_the_same_pass_as_a_fail_leaves_a_trace_and_the_fail_wins():
+    drv = Driver()
+    drv.to_step0(ready_at=20)
+    drv.step(30, verdict=PASS)
+    d = drv.step(40, verdict=FAIL, action="promote@1")
+    assert drv.status.phase == Phase.ROLLED_BACK and drv.status.stable_revision == "r1"
+    ignored = [a for a in d.events if a.reason == EventReason.ACTION_IGNORED]
+    assert ignored and "analysis measured now failed" in ignored[0].message
+    assert Reason.AVAILABILITY_EXCEEDED in reasons(d)
+    assert drv.status.last_analysis["outcome"] == "fail"
+
+
+def test_a_pause_survives_a_newer_revision():
+    drv = Driver()
+    drv.to_step0(ready_at=20)
+    drv.step(25, action="pause@1")
+    drv.revision = "r3"  # GitOps pushes a newer revision while the rollout is paused
+    d = drv.step(30)
+    s = drv.status
+    assert (s.phase, s.canary_revision, s.canary_weight, s.paused_by) == (Phase.PAUSED, "r3", 0, "user")
+    assert reasons(d) == [EventReason.ROLLOUT_SUPERSEDED, EventReason.ROLLOUT_STARTED, EventReason.ROLLOUT_PAUSED]
+    assert weights(d) == {"r1": 100}
+    assert drv.step(200).actions == ()  # held, no deadline while paused
+    drv.step(210, action="resume@2")
+    assert drv.status.phase == Phase.PENDING
+    drv.step(220)
+    assert drv.status.canary_weight == 10
+
+
+def _analysis(ratio: float, age_s: float) -> Verdict:
+    """A real verdict: availability at 99.9 %, the fast (14.4x 720s/60s) and the 6x
+    (4320s/360s) pairs, plenty of traffic, canary and stable both at ``ratio`` errors (stable
+    0 when the canary is bad)."""
+    from diffusion_operator.rollout.burnrate import WindowPair
+    from diffusion_operator.rollout.verdict import SLO, AnalysisConfig, AnalysisInputs, RevisionMeasurements, decide
+
+    windows = (60, 360, 720, 4320)
+    cfg = AnalysisConfig(slos=(SLO("availability", 0.999),),
+                         pairs=(WindowPair(720, 60, 14.4), WindowPair(4320, 360, 6.0)), min_requests=10)
+
+    def rev(r: float) -> RevisionMeasurements:
+        return RevisionMeasurements(error_ratios={"availability": dict.fromkeys(windows, r)},
+                                    requests=dict.fromkeys(windows, 1000.0))
+    return decide(AnalysisInputs(rev(ratio), rev(0.0), canary_age_s=age_s), cfg)
+
+
+THREE_SHORT_STEPS = RolloutSpec(steps=(Step(10, 60), Step(50, 60), Step(100, 60)), analysis_interval_s=10,
+                                progress_deadline_s=600, scale_down_delay_s=30)
+
+
+def test_a_paging_pair_that_cannot_arm_within_the_steps_holds_the_rollout():
+    """Before: a canary at 10x its budget was promoted after three 60 s steps, because only the
+    14.4x pair (short window 60 s) was armed and it does not trip at 10x; the 6x pair (short
+    window 360 s) that would page never got to judge."""
+    drv = Driver(spec=THREE_SHORT_STEPS)
+    drv.to_step0(ready_at=20)
+    healthy_early = _analysis(0.0001, age_s=70)
+    assert healthy_early.outcome == Outcome.PASS  # the fast pair alone passes
+    drv.step(90, verdict=healthy_early, verdict_at=90)
+    assert drv.status.current_step == 0 and drv.status.canary_weight == 10  # held at 10 %
+    assert drv.status.reason == EventReason.ANALYSIS_ARMING and "6x" in drv.status.message
+    # a 10x-budget canary: once the 6x pair arms, it trips and the canary goes back
+    bad = _analysis(0.01, age_s=370)
+    assert bad.outcome == Outcome.FAIL
+    drv.step(390, verdict=bad, verdict_at=390)
+    assert drv.status.phase == Phase.ROLLED_BACK
+
+
+def test_a_healthy_canary_advances_once_the_paging_pairs_are_armed():
+    drv = Driver(spec=THREE_SHORT_STEPS)
+    drv.to_step0(ready_at=20)
+    drv.step(90, verdict=_analysis(0.0001, age_s=70), verdict_at=90)
+    assert drv.status.current_step == 0
+    drv.step(390, verdict=_analysis(0.0001, age_s=370), verdict_at=390)
+    assert drv.status.current_step == 1 and drv.status.canary_weight == 50

@@ -149,13 +149,15 @@ def _ask(provider: MetricsProvider, query: str) -> float | None:
 
 
 def _measure_revision(
-    provider: MetricsProvider, pool: str, revision: str, config: AnalysisConfig
+    provider: MetricsProvider, pool: str, revision: str, config: AnalysisConfig, spans: Mapping[int, int]
 ) -> RevisionMeasurements:
+    """Every window of the config, each queried over ``spans[window]`` seconds (see ``measure``)."""
     windows = config.windows
     requests = {
         w: _ask(
             provider,
-            promql.request_count(pool, revision, w, extra_selector=config.extra_selector, endpoints=config.endpoints),
+            promql.request_count(pool, revision, spans[w], extra_selector=config.extra_selector,
+                                 endpoints=config.endpoints),
         )
         for w in windows
     }
@@ -168,7 +170,7 @@ def _measure_revision(
                     slo.sli,
                     pool,
                     revision,
-                    w,
+                    spans[w],
                     latency_threshold_s=slo.threshold_s,
                     extra_selector=config.extra_selector,
                     endpoints=config.endpoints,
@@ -177,6 +179,18 @@ def _measure_revision(
             for w in windows
         }
     return RevisionMeasurements(error_ratios=ratios, requests=requests)
+
+
+def same_spans(windows: tuple[int, ...], canary_age_s: float | None) -> dict[int, int]:
+    """The span each window is queried over, for canary and stable alike: the window, cut to
+    the canary's age. A young canary's ``rate()`` over a long window only covers its life while
+    the stable's covers healthy history too, so a shared outage looked like the canary's fault
+    (both at 100% 5xx: canary 1000x, stable diluted to a fraction of that). Over the same span
+    both are judged on the same minutes."""
+    if canary_age_s is None:
+        return {w: w for w in windows}
+    age = max(1, math.ceil(canary_age_s))
+    return {w: min(w, age) for w in windows}
 
 
 def measure(
@@ -190,12 +204,16 @@ def measure(
 ) -> AnalysisInputs:
     """Run every query the analysis needs; never raises :class:`MetricsError`.
 
+    Both revisions are measured over the same spans (:func:`same_spans`); the results stay
+    keyed by the configured windows, so the verdict's pairs read them as before.
+
     ``stable_rev`` ``None`` (no stable to compare with) skips the stable queries. A
     :class:`ProviderError` anywhere gives ``AnalysisInputs(error=...)``.
     """
+    spans = same_spans(config.windows, canary_age_s)
     try:
-        canary = _measure_revision(provider, pool, canary_rev, config)
-        stable = _measure_revision(provider, pool, stable_rev, config) if stable_rev else None
+        canary = _measure_revision(provider, pool, canary_rev, config, spans)
+        stable = _measure_revision(provider, pool, stable_rev, config, spans) if stable_rev else None
     except ProviderError as exc:
         logger.warning("rollout analysis of pool %s revision %s: metrics provider failed: %s", pool, canary_rev, exc)
         return AnalysisInputs(canary_age_s=canary_age_s, error=str(exc))

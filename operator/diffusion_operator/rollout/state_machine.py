@@ -48,7 +48,7 @@ applying an action heals itself.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -119,6 +119,7 @@ class EventReason:
     ERROR_LIMIT_REACHED = "AnalysisErrorLimitReached"
     PREVIOUSLY_FAILED = "RevisionPreviouslyFailed"
     ACTION_IGNORED = "ActionIgnored"
+    ANALYSIS_ARMING = "AnalysisArming"
     REVISION_SCALED_DOWN = "RevisionScaledDown"
 
 
@@ -377,7 +378,9 @@ def analysis_due(status: RolloutStatus, spec: RolloutSpec, now: datetime) -> boo
     if not status.canary_revision or status.canary_weight <= 0 or status.phase not in Phase.IN_FLIGHT:
         return False
     last = parse_time((status.last_analysis or {}).get("at"))
-    return last is None or _secs(now, last) >= spec.analysis_interval_s
+    # A clock that stepped back (now before the last analysis) must not silence the analysis
+    # until it catches up again: measure now, and count the interval from here.
+    return last is None or now < last or _secs(now, last) >= spec.analysis_interval_s
 
 
 def next_wakeup_s(status: RolloutStatus, spec: RolloutSpec, now: datetime) -> float | None:
@@ -401,7 +404,7 @@ def next_wakeup_s(status: RolloutStatus, spec: RolloutSpec, now: datetime) -> fl
                 times.append(_secs(started, now) + pause + spec.progress_deadline_s)
     if status.canary_revision and status.canary_weight > 0 and status.phase in Phase.IN_FLIGHT:
         last = parse_time((status.last_analysis or {}).get("at"))
-        times.append(0.0 if last is None else _secs(last, now) + spec.analysis_interval_s)
+        times.append(0.0 if last is None or last > now else _secs(last, now) + spec.analysis_interval_s)
     future = [max(0.0, t) for t in times]
     return min(future) if future else None
 
@@ -540,8 +543,9 @@ def _record_verdict(run: _Run) -> None:
         return
     at = obs.verdict_at or obs.now
     last_at = parse_time((s["last_analysis"] or {}).get("at"))
-    if last_at is not None and at <= last_at:
-        return  # already counted (restart or a repeated call)
+    clock_stepped_back = last_at is not None and obs.now < last_at
+    if last_at is not None and at <= last_at and not clock_stepped_back:
+        return  # already counted (restart or a repeated call), or measured before the last one
     v = obs.verdict
     s["last_analysis"] = _analysis_summary(v, at)
     if v.outcome == Outcome.FAIL:
@@ -612,6 +616,12 @@ def _apply_action(run: _Run) -> None:
             return ignored(f"no rollout in progress (phase {phase})")
         if not run.obs.canary_ready:
             return ignored(f"canary {s['canary_revision']} is not Ready")
+        if _fresh_fail(run):
+            # The analysis of this very pass failed: it rolls the canary back below. Say so
+            # instead of promoting over it (and dropping the failure without trace).
+            assert run.obs.verdict is not None
+            return ignored(f"the analysis measured now failed ({run.obs.verdict.reason}: {run.obs.verdict.message}); "
+                           "the canary is rolled back; resume to retry it, then promote")
         run.promote(EventReason.PROMOTED_BY_USER, "promoted by an SRE, remaining steps skipped")
     elif act.verb == "pause":
         if not in_flight or phase == Phase.PAUSED:
@@ -634,6 +644,15 @@ def _apply_action(run: _Run) -> None:
             run.event("Normal", EventReason.ROLLOUT_RETRIED, f"revision {rev} will be retried")
         else:
             ignored(f"nothing to resume (phase {phase})")
+
+
+def _fresh_fail(run: _Run) -> bool:
+    """Whether this pass carries a FAIL verdict that ``_record_verdict`` will act on."""
+    v, s = run.obs.verdict, run.s
+    if v is None or v.outcome != Outcome.FAIL or s["canary_weight"] <= 0:
+        return False
+    last_at = parse_time((s["last_analysis"] or {}).get("at"))
+    return last_at is None or (run.obs.verdict_at or run.obs.now) > last_at or run.obs.now < last_at
 
 
 def _track_revision(run: _Run) -> None:
@@ -662,6 +681,7 @@ def _track_revision(run: _Run) -> None:
             run.set(phase=Phase.ROLLED_BACK, reason=EventReason.PREVIOUSLY_FAILED, message=msg)
             run.event("Warning", EventReason.PREVIOUSLY_FAILED, msg)
         return
+    paused_by_sre = s["phase"] == Phase.PAUSED and s["paused_by"] == "user"
     if s["canary_revision"]:
         run.end_canary("Superseded", EventReason.ROLLOUT_SUPERSEDED, f"superseded by {desired}", Phase.STABLE)
     run.set(
@@ -680,6 +700,12 @@ def _track_revision(run: _Run) -> None:
     )
     run.actions.append(Action("scale-up", revision=desired))
     run.event("Normal", EventReason.ROLLOUT_STARTED, f"rollout of {desired} over {s['stable_revision']} started")
+    if paused_by_sre:
+        # An SRE paused the rollout; a newer revision pushed meanwhile (GitOps keeps syncing)
+        # must not silently lift that pause. The canary warms up, but gets no traffic.
+        run.set(phase=Phase.PAUSED, paused_by="user", reason=EventReason.ROLLOUT_PAUSED,
+                message=f"canary {desired} waits at weight 0: the rollout was paused by an SRE; resume to continue")
+        run.event("Normal", EventReason.ROLLOUT_PAUSED, s["message"])
 
 
 def _progress(run: _Run) -> None:
@@ -710,8 +736,12 @@ def _progress(run: _Run) -> None:
     last_at = parse_time(last.get("at"))
     passed = last.get("outcome") == Outcome.PASS.value and last_at is not None and last_at > started
     if _secs(obs.now, started) >= pause and passed and obs.canary_ready:
-        run.enter_step(index + 1)
-        return
+        waiting = unarmed_pairs_blocking(spec, index, last)
+        if not waiting:
+            run.enter_step(index + 1)
+            return
+        run.set(reason=EventReason.ANALYSIS_ARMING,
+                message=f"step {index + 1} holds until {waiting[0]} has seen its short window of canary traffic")
     if _secs(obs.now, started) >= pause + spec.progress_deadline_s:
         why = last.get("reason") or "no analysis"
         if not obs.canary_ready:
@@ -721,6 +751,32 @@ def _progress(run: _Run) -> None:
             f"step {index + 1} could not advance within pause + progressDeadlineSeconds "
             f"({pause}+{spec.progress_deadline_s}s); last analysis: {why}: {last.get('message', '')}".rstrip(": "),
         )
+
+
+def traffic_seconds(spec: RolloutSpec, after_step: int = -1) -> int:
+    """Seconds of canary traffic the steps after ``after_step`` guarantee (their pauses)."""
+    return sum(step.pause_s for step in spec.steps[after_step + 1:])
+
+
+def unarmed_pairs_blocking(spec: RolloutSpec, index: int, last_analysis: Mapping[str, Any]) -> list[str]:
+    """Paging pairs the last analysis could not judge yet (warming up) and that the steps after
+    ``index`` are too short to arm: advancing now would promote without them.
+
+    A pair arms once the canary has carried traffic for its short window. Without this hold, a
+    canary burning 10x its budget is promoted on the 14.4x pair's pass alone whenever the 6x
+    pair's short window is longer than the steps (three 60 s steps at a 60 s interval). Pairs
+    with a factor above 1 gate: they stand for burning the budget faster than it accrues; the
+    1x pair catches slow burns that a canary of minutes cannot judge, so it never holds a step.
+    The pool's ``AnalysisValid`` condition warns at apply time when a gating pair cannot arm
+    within the steps (the rollout then holds at that step until it does).
+    """
+    remaining = traffic_seconds(spec, index)
+    out = []
+    for br in last_analysis.get("burnRates") or ():
+        short = br.get("shortWindowSeconds") or 0
+        if br.get("state") == "warming-up" and (br.get("factor") or 0) > 1 and short > remaining:
+            out.append(f"{br.get('sli')} {br.get('factor'):g}x ({br.get('longWindowSeconds')}s/{short}s)")
+    return sorted(set(out))
 
 
 def _scale_down_due(run: _Run) -> None:
