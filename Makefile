@@ -1,13 +1,13 @@
 # The two commands a new machine needs (see README):
 #   make dev    install, then start the local cluster (diffusion-operator dev up)
-#   make test   install, then run every test tier against a real local cluster
+#   make test   install, lint (ruff, mypy), build the cluster binaries, then run every test tier
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml inference_image/pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: dev test install unit down clean
+.PHONY: dev test lint install unit down clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ dev: install
 down: install
 	$(BIN)/diffusion-operator dev down
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install lint
 	$(BIN)/diffusion-operator dev build
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -34,4 +38,4 @@ unit: install
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

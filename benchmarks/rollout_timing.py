@@ -191,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
                                   steps=[(25, int(args.horizon) + 60), (100, 5)], horizon_s=args.horizon, **common)
                 faults.setdefault(r, []).append(res)
                 took = None if res.ended is None or res.fault_start is None else res.ended - res.fault_start
+                first_fail = (None if res.flagger_first_fail_at is None
+                              else res.flagger_first_fail_at - res.fault_start)
                 print(f"# fault {r:g}x run {i + 1}: {res.outcome} {res.reason} after {fmt(took)}s "
-                      f"({res.decisive_pair}); Flagger's check first failed after "
-                      f"{fmt(None if res.flagger_first_fail_at is None else res.flagger_first_fail_at - res.fault_start)}s",
+                      f"({res.decisive_pair}); Flagger's check first failed after {fmt(first_fail)}s",
                       flush=True)
         for i in range(args.healthy_runs):
             res = run_rollout(prom, provider, procs["stable"], procs["healthy"], kind="healthy",
@@ -239,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         def span(v):
             return "-" if not v else f"{statistics.median(v):.1f} [{min(v):.1f}-{max(v):.1f}]"
 
-        print(f"| {r:g}x | {r * budget:.0%} | {len(runs)} | {len(rb)}/{len(runs)} | {span(times)} | {w}s: {span(after)} "
-              f"| {', '.join(pairs) or f'held {args.horizon:g}s, verdict pass'} | {span(fl)} |")
+        print(f"| {r:g}x | {r * budget:.0%} | {len(runs)} | {len(rb)}/{len(runs)} | {span(times)} "
+              f"| {w}s: {span(after)} | {', '.join(pairs) or f'held {args.horizon:g}s, verdict pass'} | {span(fl)} |")
     false_rb = sum(1 for x in healthy if x.outcome == sm.Phase.ROLLED_BACK)
     promoted = sum(1 for x in healthy if x.outcome == sm.Phase.SUCCEEDED)
     durations = [x.ended - x.fault_start for x in healthy if x.ended and x.fault_start]
@@ -249,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| healthy rollouts | promoted | false rollbacks | rollout duration, s (median [min-max]) "
           "| Flagger shadow: failed checks (total) | Flagger shadow: false rollbacks |")
     print("|---|---|---|---|---|---|")
-    print(f"| {len(healthy)} | {promoted} | {false_rb} | "
-          f"{'-' if not durations else f'{statistics.median(durations):.1f} [{min(durations):.1f}-{max(durations):.1f}]'}"
+    duration_span = ("-" if not durations
+                     else f"{statistics.median(durations):.1f} [{min(durations):.1f}-{max(durations):.1f}]")
+    print(f"| {len(healthy)} | {promoted} | {false_rb} | {duration_span}"
           f" | {sum(x.flagger_failed_checks for x in healthy)} | {flagger_false} |")
     ten = faults.get(10.0, [])
     # Two intervals as run: the 1 s tick can add a second to each; the data is one scrape behind.

@@ -6,10 +6,7 @@ directory on free ports, so it never collides with a developer's running ``dev``
 
 from __future__ import annotations
 
-import io
-import logging
 import os
-import threading
 import uuid
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import yaml
 
 from diffusion_operator.devcluster import toolchain
 from diffusion_operator.devcluster.cluster import ClusterConfig, LocalCluster
+from tests.support.operator_control import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,8 +68,10 @@ def operator_kubeconfig(cluster, tmp_path_factory) -> Path:
     rules = yaml.safe_load((REPO / "charts/diffusion-operator/files/rbac-rules.yaml").read_text())
     objs = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "diffusion-operator", "namespace": OPERATOR_NS}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "diffusion-operator-test"},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "diffusion-operator", "namespace": OPERATOR_NS}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "diffusion-operator-test"},
          "rules": rules["framework"] + rules["application"]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": {"name": "diffusion-operator-test"},
@@ -81,64 +81,6 @@ def operator_kubeconfig(cluster, tmp_path_factory) -> Path:
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
     token = cluster.kubectl("-n", OPERATOR_NS, "create", "token", "diffusion-operator", "--duration=6h").stdout.strip()
     return cluster.token_kubeconfig(token, tmp_path_factory.mktemp("operator") / "kubeconfig", OPERATOR_NS)
-
-
-class OperatorProcess:
-    """The operator in this process (Kopf on a thread), authenticated as its ServiceAccount.
-
-    Tests pass settings, not environment: ``OperatorProcess(kubeconfig, allow_file_sources=True)``
-    takes any field of ``diffusion_operator.settings.Settings``. No leader election and no
-    listeners (the run-command and failover tests start real processes for those).
-    """
-
-    def __init__(self, kubeconfig: Path, **overrides):
-        from diffusion_operator.settings import Settings
-
-        self.settings = Settings(kubeconfig=str(kubeconfig), leader_election=False, liveness_port=0, metrics_port=0,
-                                 tick_seconds=1).but(**overrides)
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._log = io.StringIO()
-        self._handler = logging.StreamHandler(self._log)
-        self.error: BaseException | None = None
-
-    def start(self):
-        from diffusion_operator.main import JsonFormatter, run_kopf
-
-        self._handler.setFormatter(JsonFormatter())
-        logging.getLogger().addHandler(self._handler)
-        logging.getLogger().setLevel(logging.INFO)
-        ready = threading.Event()
-        self._stop.clear()
-
-        def run():
-            try:
-                run_kopf(self.settings, stop_flag=self._stop, ready_flag=ready)
-            except BaseException as exc:  # noqa: BLE001 - reported by start() or stop()
-                self.error = exc
-                ready.set()
-
-        self._thread = threading.Thread(target=run, name="operator", daemon=True)
-        self._thread.start()
-        assert ready.wait(60), "the operator did not start within 60 s"
-        assert self.error is None, f"the operator failed to start: {self.error!r}"
-        return self
-
-    def stop(self):
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(60)
-            assert not self._thread.is_alive(), "the operator did not stop within 60 s"
-            self._thread = None
-        logging.getLogger().removeHandler(self._handler)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
-
-    @property
-    def output(self) -> str:
-        return self._log.getvalue()
 
 
 @pytest.fixture(scope="session")

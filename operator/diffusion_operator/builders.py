@@ -106,12 +106,16 @@ def _model_volumes(pool: PoolSpec, model: ModelSpec, image: str) -> tuple[list[d
         return vols, [], MODEL_MOUNT
     # hf:// and s3://: an init container downloads into a cache volume the sampler mounts read-only.
     vols = [{"name": "model", "emptyDir": {"sizeLimit": pool.cache_size_limit}}]
-    env: list[dict[str, Any]] = [{"name": "MODEL_SOURCE", "value": src.uri}, {"name": "MODEL_DEST", "value": MODEL_MOUNT},
-                                 {"name": "HOME", "value": "/tmp"}]
+    env: list[dict[str, Any]] = [
+        {"name": "MODEL_SOURCE", "value": src.uri},
+        {"name": "MODEL_DEST", "value": MODEL_MOUNT},
+        {"name": "HOME", "value": "/tmp"},
+    ]
     if src.revision:
         env.append({"name": "MODEL_REVISION", "value": src.revision})
     if src.token_secret:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": src.token_secret, "key": src.token_key}}})
+        env.append({"name": "HF_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": src.token_secret, "key": src.token_key}}})
     env_from = []
     if src.credentials_secret:
         env_from.append({"secretRef": {"name": src.credentials_secret}})

@@ -58,8 +58,8 @@ def _next_steps(cluster: LocalCluster) -> str:
 def cmd_dev_up(args: argparse.Namespace) -> int:
     cluster = _cluster_from_args(args)
     if not cluster.is_running():
-        _say("Preparing binaries (cached under %s; the first run builds Kubernetes from source, "
-             "15-30 minutes on 2 cores)." % toolchain.cache_root())
+        _say(f"Preparing binaries (cached under {toolchain.cache_root()}; the first run builds Kubernetes from source, "
+             "15-30 minutes on 2 cores).")
     cluster.up(progress=_say)
     print(_next_steps(cluster))
     return 0
@@ -70,8 +70,8 @@ def cmd_dev_build(args: argparse.Namespace) -> int:
 
     ``make test`` runs this before pytest: on a fresh machine the Kubernetes build takes longer
     than any test's timeout, so it must not happen inside a test fixture."""
-    _say("Preparing binaries (cached under %s; the first run builds Kubernetes from source, "
-         "15-30 minutes on 2 cores)." % toolchain.cache_root())
+    _say(f"Preparing binaries (cached under {toolchain.cache_root()}; the first run builds Kubernetes from source, "
+         "15-30 minutes on 2 cores).")
     tools = toolchain.ensure_toolchain()
     toolchain.ensure_prometheus()
     print(f"binaries ready: Kubernetes {tools.k8s_version} under {tools.kubectl.parent}")

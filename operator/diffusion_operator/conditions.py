@@ -21,6 +21,7 @@ class ConditionType(enum.StrEnum):
     RESOLVED = "ReferencesResolved"
     TRAFFIC = "TrafficRouted"
     MONITORING = "MonitoringAvailable"
+    ANALYSIS = "AnalysisValid"
 
 
 class PoolPhase(enum.StrEnum):
@@ -64,6 +65,10 @@ class Reason(enum.StrEnum):
     # MonitoringAvailable
     MONITOR_APPLIED = "MonitorApplied"
     MONITORING_CRDS_MISSING = "MonitoringCRDsMissing"
+    # AnalysisValid (rollout.checks)
+    ANALYSIS_WINDOWS_FIT = "AnalysisWindowsFit"
+    WINDOW_BELOW_SCRAPE_INTERVAL = "WindowBelowScrapeInterval"
+    PAIR_CANNOT_ARM = "PairCannotArm"
     # DiffusionModel events
     REVISION_COMPUTED = "RevisionComputed"
 
@@ -76,6 +81,7 @@ VALID = ConditionType.VALID
 RESOLVED = ConditionType.RESOLVED
 TRAFFIC = ConditionType.TRAFFIC
 MONITORING = ConditionType.MONITORING
+ANALYSIS = ConditionType.ANALYSIS
 
 
 def now_iso(now: dt.datetime | None = None) -> str:

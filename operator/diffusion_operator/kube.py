@@ -32,7 +32,8 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import ApiException as DynApiException, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import ApiException as DynApiException
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from .conditions import Reason
 from .errors import ApiUnavailable, SpecError

@@ -82,7 +82,8 @@ def run_kopf(settings: Settings, *, stop_flag: threading.Event | None = None,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         standalone=True,
-        liveness_endpoint=f"http://{settings.bind}:{settings.liveness_port}/healthz" if settings.liveness_port else None,
+        liveness_endpoint=(f"http://{settings.bind}:{settings.liveness_port}/healthz"
+                           if settings.liveness_port else None),
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )

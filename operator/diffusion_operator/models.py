@@ -44,7 +44,8 @@ def check_references(kube: KubeAPI, namespace: str, model: ModelSpec, *, allow_f
     for name, key, path in wanted:
         secret = kube.get("v1", "Secret", name, namespace)
         if secret is None:
-            raise DependencyMissing(f"{path}: Secret {namespace}/{name} not found", reason=Reason.SECRET_NOT_FOUND, delay=30)
+            raise DependencyMissing(f"{path}: Secret {namespace}/{name} not found",
+                                    reason=Reason.SECRET_NOT_FOUND, delay=30)
         if key and key not in (secret.get("data") or {}) and key not in (secret.get("stringData") or {}):
             raise DependencyMissing(f"{path}: Secret {namespace}/{name} has no key {key!r}",
                                     reason=Reason.SECRET_KEY_MISSING, delay=30)
@@ -63,7 +64,8 @@ def reconcile_model(kube: KubeAPI, body: dict, *, allow_file_sources: bool) -> M
         status["revision"] = model_revision(model)
         conds = cond.set_condition(conds, cond.VALID, True, Reason.SPEC_VALID, "spec is valid", gen)
         check_references(kube, meta["namespace"], model, allow_file_sources=allow_file_sources)
-        conds = cond.set_condition(conds, cond.RESOLVED, True, Reason.REFERENCES_RESOLVED, "all referenced objects exist", gen)
+        conds = cond.set_condition(conds, cond.RESOLVED, True, Reason.REFERENCES_RESOLVED,
+                                   "all referenced objects exist", gen)
         conds = cond.set_condition(conds, cond.READY, True, Reason.READY, f"revision {status['revision']}", gen)
     except SpecError as exc:
         error = exc

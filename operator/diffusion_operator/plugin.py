@@ -63,11 +63,11 @@ _VERB_HELP = {
     "resume": "continue a paused rollout, or retry a rolled-back revision",
 }
 _ANNOTATION_WHY = (
-    "The request is written as the annotation {ann}=<verb>@<unique id> on the live "
+    f"The request is written as the annotation {ACTION_ANNOTATION}=<verb>@<unique id> on the live "
     "InferencePool, never into its spec: the spec is owned by Git, and Argo CD or Flux would "
     "otherwise report drift and revert it. The operator applies each id once and records it "
     "in status.rollout.lastAction."
-).format(ann=ACTION_ANNOTATION)
+)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -135,9 +135,9 @@ def _duration(seconds: Any) -> str:
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "    ") -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = [indent + "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines = [indent + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for r in rows:
-        lines.append(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        lines.append(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return lines
 
 

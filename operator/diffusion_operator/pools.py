@@ -35,6 +35,7 @@ from .errors import DependencyMissing, OperatorError, SpecError, TemporaryError
 from .kube import KubeAPI
 from .models import check_references
 from .rollout import state_machine as sm
+from .rollout.checks import check_analysis
 from .rollout.metrics_provider import MetricsProvider, measure
 from .rollout.promql import namespaced_selector
 from .rollout.verdict import AnalysisConfig, AnalysisInputs, Verdict, decide
@@ -217,7 +218,8 @@ def _apply_traffic(kube: KubeAPI, pool_obj: dict, pool: PoolSpec, weights: dict[
     if pool.traffic_provider != "gateway-api":
         return True, Reason.SERVICE_ROUTING, "pool Service selects every ready revision; weights follow replica counts"
     if not kube.has_kind(GATEWAY_API, "HTTPRoute"):
-        return False, Reason.GATEWAY_API_MISSING, "traffic.provider is gateway-api but the HTTPRoute CRD is not installed"
+        return (False, Reason.GATEWAY_API_MISSING,
+                "traffic.provider is gateway-api but the HTTPRoute CRD is not installed")
     kube.apply(builders.httproute(pool_obj, pool, weights))
     return True, Reason.HTTPROUTE_APPLIED, _weights_text(weights)
 
@@ -311,6 +313,16 @@ def pool_status(pool_obj: dict, r: Resolved, ro: sm.RolloutStatus, applied: Appl
     conds = cond.set_condition(conds, cond.TRAFFIC, *applied.traffic, gen)
     if applied.monitoring is not None:
         conds = cond.set_condition(conds, cond.MONITORING, *applied.monitoring, gen)
+    findings = check_analysis(pool.rollout, pool.analysis, pool.scrape_interval)
+    if findings:
+        text = "; ".join(f.message for f in findings)
+        conds = cond.set_condition(conds, cond.ANALYSIS, False, findings[0].reason, text, gen)
+        if (cond.get_condition(old.get("conditions"), cond.ANALYSIS) or {}).get("message") != text:
+            events.append(("Warning", findings[0].reason, text))
+    else:
+        conds = cond.set_condition(conds, cond.ANALYSIS, True, Reason.ANALYSIS_WINDOWS_FIT,
+                                   "every window holds at least two scrapes and every paging pair arms within "
+                                   "the steps", gen)
     replicas, ready, rolled_out = deployment_counts(applied.stable_deployment)
     rolling = bool(ro.canary_revision)
     serving = f"{ready}/{pool.replicas} replicas of revision {ro.stable_revision} ready"

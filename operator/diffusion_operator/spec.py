@@ -4,8 +4,9 @@ The CRD schema (``crds/``) applies defaults and validates; these parsers only re
 missing field here means an object created before a default existed, and we fall back to the
 same default the schema documents. ``PoolSpec.from_body`` is the one parser of a pool's spec:
 it carries the rollout steps (``RolloutSpec``) and the SLOs and analysis (``AnalysisConfig``),
-so the reconciler, the rollout and the PrometheusRule read the same parsed values. ``model_revision`` is the hash of everything that defines
-a model's outputs: two DiffusionModels with the same revision produce the same images.
+so the reconciler, the rollout and the PrometheusRule read the same parsed values.
+``model_revision`` is the hash of everything that defines a model's outputs: two DiffusionModels
+with the same revision produce the same images.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class ModelSpec:
     replacement: str = "black"
 
     @classmethod
-    def from_body(cls, name: str, spec: dict) -> "ModelSpec":
+    def from_body(cls, name: str, spec: dict) -> ModelSpec:
         src = spec.get("source") or {}
         uri = src.get("uri", "")
         scheme = urlparse(uri).scheme
@@ -124,7 +125,7 @@ class ModelSpec:
         return d
 
     @classmethod
-    def from_snapshot(cls, d: dict) -> "ModelSpec":
+    def from_snapshot(cls, d: dict) -> ModelSpec:
         d = dict(d)
         d["source"] = ModelSource(**d["source"])
         d["blocklist"] = tuple(d.get("blocklist") or ())
@@ -208,7 +209,7 @@ class PoolSpec:
     slo_period_s: int = DEFAULT_SLO_PERIOD_S
 
     @classmethod
-    def from_body(cls, spec: dict) -> "PoolSpec":
+    def from_body(cls, spec: dict) -> PoolSpec:
         a = spec.get("autoscaling")
         g = spec.get("gpu") or {}
         b = spec.get("batching") or {}

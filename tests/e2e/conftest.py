@@ -68,7 +68,7 @@ def revisions(cluster, e2e_tiny_model) -> tuple[str, str]:
 def samplers(e2e_tiny_model, revisions, tmp_path_factory):
     """Every sampler flavour (``tests.support.rollouts.FLAVOURS``), Ready, by name."""
     log_dir = tmp_path_factory.mktemp("e2e-sampler-logs")
-    by_role = dict(zip(("stable", "canary"), revisions))
+    by_role = dict(zip(("stable", "canary"), revisions, strict=True))
     specs = {name: (POOL, by_role[role], env) for name, (role, env) in FLAVOURS.items()}
     procs = start_samplers(e2e_tiny_model, log_dir, specs)
     try:

@@ -70,7 +70,8 @@ def test_healthy_canary_is_promoted_through_every_step(cluster, operator_ctl, sc
     last = ro["history"][-1]
     assert (last["canaryRevision"], last["stableRevision"], last["outcome"]) == (canary, stable, "Promoted")
     # Every step was taken, in order, and each only after an analysis passed on it.
-    steps = [e["message"] for e in sorted(scenario.events("TrafficWeightUpdated"), key=lambda e: e["metadata"]["creationTimestamp"])]
+    steps = [e["message"] for e in sorted(scenario.events("TrafficWeightUpdated"),
+                                          key=lambda e: e["metadata"]["creationTimestamp"])]
     assert [m.split(": ")[-1] if ": " in m else m for m in steps] == \
         ["canary weight 25%", "canary weight 50%", "canary weight 100%"], steps
     seen = [w for w in canary_weights_seen(scenario) if w]

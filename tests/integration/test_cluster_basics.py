@@ -60,10 +60,14 @@ def test_too_many_gpus_stays_pending_unschedulable(cluster, namespace):
 
 
 def test_gpu_taint_keeps_intolerant_pods_off(cluster, namespace):
-    cluster.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(_pod("no-toleration", 1, tolerate=False)))
-    cond = wait_for(lambda: next((c for c in _get(cluster, namespace, "pod", "no-toleration")["status"].get("conditions", [])
-                               if c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"), None),
-                 what="Unschedulable for the untolerated taint")
+    cluster.kubectl("-n", namespace, "apply", "-f", "-",
+                    input=yaml.safe_dump(_pod("no-toleration", 1, tolerate=False)))
+
+    def unschedulable():
+        conditions = _get(cluster, namespace, "pod", "no-toleration")["status"].get("conditions", [])
+        return next((c for c in conditions if c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"),
+                    None)
+    cond = wait_for(unschedulable, what="Unschedulable for the untolerated taint")
     assert "untolerated taint" in cond["message"]
 
 

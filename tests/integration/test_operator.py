@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.polling import wait_for
-import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +149,8 @@ def test_model_change_starts_canary_at_weight_zero(cluster, namespace, operator)
                         "-p", json.dumps({"spec": {"defaults": {"steps": 8}}}))
         new_rev = wait_for(lambda: (r := get(cluster, namespace, "inferencepool", "tiny")["status"]["desiredRevision"])
                        != stable and r, what="new pool revision")
-        wait_for(lambda: get(cluster, namespace, "deployment", f"tiny-{new_rev}", check=False), what="canary Deployment")
+        wait_for(lambda: get(cluster, namespace, "deployment", f"tiny-{new_rev}", check=False),
+                 what="canary Deployment")
         wait_for(lambda: (get(cluster, namespace, "inferencepool", "tiny")["status"]["rollout"].get("canaryRevision")
                       == new_rev), what="canary in status")
     finally:
@@ -170,10 +171,11 @@ def test_model_change_starts_canary_at_weight_zero(cluster, namespace, operator)
     assert ro["canaryWeight"] == 0
     assert ro["stableRevision"] == stable
     # stable keeps serving with its own model snapshot (old steps), canary has the new one
-    stable_env = {e["name"]: e.get("value") for e in
-                  get(cluster, namespace, "deployment", f"tiny-{stable}")["spec"]["template"]["spec"]["containers"][0]["env"]}
-    canary_env = {e["name"]: e.get("value") for e in
-                  get(cluster, namespace, "deployment", f"tiny-{new_rev}")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    def sampler_env(revision):
+        deployment = get(cluster, namespace, "deployment", f"tiny-{revision}")
+        return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    stable_env = sampler_env(stable)
+    canary_env = sampler_env(new_rev)
     assert stable_env["SAMPLER_DEFAULT_STEPS"] == "4" and canary_env["SAMPLER_DEFAULT_STEPS"] == "8"
     assert get(cluster, namespace, "deployment", f"tiny-{stable}")["status"]["readyReplicas"] == 2
     reasons = {e["reason"] for e in events(cluster, namespace, "tiny")}
@@ -222,8 +224,10 @@ def test_missing_secret_on_model(cluster, namespace, operator):
     c = wait_for(not_found, what="SecretNotFound")
     assert "hf-token" in c["message"]
     cluster.kubectl("-n", namespace, "create", "secret", "generic", "hf-token", "--from-literal=token=hf_x")
-    wait_for(lambda: (condition(get(cluster, namespace, "diffusionmodel", "gated"), "Ready") or {}).get("status") == "True",
-         timeout=90, what="Ready after the Secret exists")
+
+    def ready():
+        return (condition(get(cluster, namespace, "diffusionmodel", "gated"), "Ready") or {}).get("status") == "True"
+    wait_for(ready, timeout=90, what="Ready after the Secret exists")
 
 
 def test_deleting_pool_removes_children(cluster, namespace, operator):
@@ -272,6 +276,8 @@ def test_child_rejected_by_the_api_server_is_reported_not_retried_forever(cluste
     assert sum(e.get("count", 1) for e in warnings()) == sum(e.get("count", 1) for e in first)
     fixed = {"spec": {"podMetadata": {"labels": {"team": "vision"}}}}
     cluster.kubectl("-n", namespace, "patch", "inferencepool", "tiny", "--type=merge", "-p", json.dumps(fixed))
-    wait_for(lambda: (condition(get(cluster, namespace, "inferencepool", "tiny"), "Valid") or {}).get("status") == "True",
-             what="Valid again after the fix")
+
+    def valid():
+        return (condition(get(cluster, namespace, "inferencepool", "tiny"), "Valid") or {}).get("status") == "True"
+    wait_for(valid, what="Valid again after the fix")
     pool_ready(cluster, namespace)

@@ -82,7 +82,8 @@ class PrometheusServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> PrometheusServer:
-        self._log = open(self.log_path, "wb")
+        # Prometheus writes to it for as long as it runs; stop() closes it.
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen([str(self.binary), f"--config.file={self.config}",
                                       f"--storage.tsdb.path={self.dir / 'data'}",
                                       f"--web.listen-address=127.0.0.1:{self.port}"],

@@ -53,7 +53,8 @@ class SamplerProcess:
             "SAMPLER_REVISION": revision,
             **{k: str(v) for k, v in env.items()},
         }
-        self._log = open(self.log_path, "wb")
+        # The sampler writes to it for as long as it runs; stop() closes it.
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "diffusion_sampler"], env=full_env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -97,7 +98,8 @@ ROLLOUT_SAMPLER_ENV = {
 }
 
 
-def start_samplers(model_dir: Path, log_dir: Path, specs: dict[str, tuple[str, str, dict]]) -> dict[str, SamplerProcess]:
+def start_samplers(model_dir: Path, log_dir: Path,
+                   specs: dict[str, tuple[str, str, dict]]) -> dict[str, SamplerProcess]:
     """``{name: (pool, revision, env)}`` -> started and Ready rollout samplers (loaded in
     parallel; ``env`` over :data:`ROLLOUT_SAMPLER_ENV`). All are stopped if one fails."""
     procs: dict[str, SamplerProcess] = {}

@@ -200,3 +200,13 @@ def test_model_reconcile_reports_missing_secret_and_api_errors():
     result = reconcile_model(kube, body, allow_file_sources=False)
     assert isinstance(result.error, ApiUnavailable)
     assert cond(result.status, "Ready")["reason"] == "ApiUnavailable"
+
+
+def test_analysis_settings_that_judge_nothing_are_a_warning_condition(kube):
+    kube.objects[("InferencePool", "ns", "tiny")]["spec"]["monitoring"] = {"scrapeIntervalSeconds": 60}
+    result = run(kube)
+    c = cond(result.status, "AnalysisValid")
+    assert c["status"] == "False" and c["reason"] == Reason.WINDOW_BELOW_SCRAPE_INTERVAL
+    assert ("Warning", "WindowBelowScrapeInterval", c["message"]) in result.events
+    assert result.error is None  # a warning: the pool still works
+    assert run(kube).events == []  # said once

@@ -15,7 +15,8 @@ import yaml
 
 from diffusion_operator.builders import LABEL_POOL
 from diffusion_operator.rollout import promql
-from diffusion_operator.rollout.rules import ALERT_PAIRS, prometheus_rule as _prometheus_rule, record_name, rule_name
+from diffusion_operator.rollout.rules import ALERT_PAIRS, record_name, rule_name
+from diffusion_operator.rollout.rules import prometheus_rule as _prometheus_rule
 from diffusion_operator.spec import PoolSpec
 
 # Pure tests are marked unit; the ones that run promtool/helm/gopher-lua are marked e2e.

@@ -14,6 +14,7 @@ already started are stopped again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,9 +24,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -372,10 +373,8 @@ class LocalCluster:
                 _reap(pid)
                 time.sleep(0.1)
             if _alive(pid, comp["start_time"]):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 for _ in range(50):
                     _reap(pid)
                     if not _alive(pid, comp["start_time"]):
@@ -390,7 +389,5 @@ class LocalCluster:
 
 def _reap(pid: int) -> None:
     """Collect our own child's exit status so it does not linger as a zombie."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -98,6 +98,7 @@ def prometheus_config(scrape_interval: str, targets_dir: Path, self_port: int) -
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{self_port}"]}]},
-            {"job_name": "local", "file_sd_configs": [{"files": [str(targets_dir / "*.json")], "refresh_interval": "1s"}]},
+            {"job_name": "local",
+             "file_sd_configs": [{"files": [str(targets_dir / "*.json")], "refresh_interval": "1s"}]},
         ],
     }

@@ -87,8 +87,9 @@ def ensure_pki(directory: Path, service_ip: str = "10.96.0.1") -> ClusterPKI:
     _write_cert(pki.ca_cert, ca)
 
     srv_key = _key()
-    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                                      "kubernetes.default.svc.cluster.local")]
+    dns_names = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                 "kubernetes.default.svc.cluster.local")
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", service_ip)]
     srv = _cert(_name("kube-apiserver"), srv_key, ca_name, ca_key, ca=False,
                 usages=[ExtendedKeyUsageOID.SERVER_AUTH], sans=sans)

@@ -27,9 +27,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 K8S_VERSION = os.environ.get("DIFFUSION_OPERATOR_K8S_VERSION", "v1.36.3")
 KWOK_VERSION = "v0.8.0"
@@ -210,7 +210,8 @@ def ensure_kubernetes(version: str = K8S_VERSION, progress: Progress | None = _s
         (work / "go.mod").write_text(_k8s_wrapper_gomod(gomod, version))
         (work / "tools.go").write_text(_TOOLS_GO)
         env = _go_env()
-        _run(["go", "mod", "tidy", "-e"], cwd=work, env=env, what="resolving Kubernetes dependencies", progress=progress)
+        _run(["go", "mod", "tidy", "-e"], cwd=work, env=env, what="resolving Kubernetes dependencies",
+             progress=progress)
         partial = bindir.with_name("bin.partial")
         partial.mkdir(parents=True, exist_ok=True)
         for i, name in enumerate(K8S_BINARIES, 1):
@@ -245,7 +246,7 @@ def ensure_kwok(progress: Progress | None = _stderr_progress) -> tuple[Path, tup
                  what="building kwok", progress=progress)
         src = go_module_dir("sigs.k8s.io/kwok", KWOK_VERSION) / "kustomize" / "stage"
         stages_dir.mkdir(parents=True, exist_ok=True)
-        for rel, dest in zip(KWOK_STAGES, stages):
+        for rel, dest in zip(KWOK_STAGES, stages, strict=True):
             shutil.copyfile(src / rel, dest)
     return binary, stages
 
@@ -273,7 +274,8 @@ def _debian_download(package: str, progress: Progress | None) -> Path:
         (root / "lists" / suite / "partial").mkdir(parents=True, exist_ok=True)
         (root / "archives" / "partial").mkdir(parents=True, exist_ok=True)
         (root / "etc" / f"{suite}.list").write_text(
-            f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {suite} main\n")
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+            f"http://deb.debian.org/debian {suite} main\n")
         opts = _apt_options(root, suite)
         if not any((root / "lists" / suite).glob("*Packages*")):
             if progress:
@@ -282,7 +284,8 @@ def _debian_download(package: str, progress: Progress | None) -> Path:
         dl = root / "debs" / suite
         dl.mkdir(parents=True, exist_ok=True)
         try:
-            _run(["apt-get", *opts, "download", package], cwd=dl, what=f"downloading Debian package {package} ({suite})")
+            _run(["apt-get", *opts, "download", package], cwd=dl,
+                 what=f"downloading Debian package {package} ({suite})")
         except ToolchainError as exc:
             errors.append(str(exc).splitlines()[-1])
             continue
