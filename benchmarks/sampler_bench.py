@@ -9,7 +9,14 @@
    alternate (``--rounds``) so that load from neighbours on a shared machine hits both alike.
 
 Prints images/s, p50/p95/p99 latency and the mean batch size (from the server's own
-``diffusion_sampler_batch_size`` histogram over the measured window), and the ratios to plain.
+``diffusion_sampler_batch_size`` histogram over the measured window), and the ratios to plain;
+each row also carries the sampler's time from process start to ready (``ready_s``) and, on
+CUDA, its peak allocated GPU memory (``gpu_peak_gib``).
+
+``benchmarks/gpu_bench.py`` drives this script on a GPU with ``--no-plain`` (the plain reference
+there is ``plain_diffusers_baseline.py``, run in the same job), ``--env`` for the sampler's knobs,
+``--ready-only`` for a restart against a warm compile cache, and ``--images-out`` for the
+fidelity check (fixed seeds, saved as PNG).
 
 CPU (the tiny random-weight model, built on the fly):
     python benchmarks/sampler_bench.py --preset tiny --clients 1,16
@@ -141,10 +148,19 @@ class Server:
         if args.threads:
             env["OMP_NUM_THREADS"] = str(args.threads)
         if args.compile:
-            buckets = ",".join(str(b) for b in sorted({1, 2, 4, 8, 16, 32} | {args.max_batch_size})
-                               if b <= args.max_batch_size)
+            buckets = args.compile_buckets or ",".join(
+                str(b) for b in sorted({1, 2, 4, 8, 16, 32} | {args.max_batch_size}) if b <= args.max_batch_size)
             env.update(SAMPLER_COMPILE="1", SAMPLER_COMPILE_BUCKETS=f"{args.size}x{args.size}:{buckets}")
-        self.log = open(args.server_log, "wb")
+        if args.compile_cache_dir:
+            env["SAMPLER_COMPILE_CACHE_DIR"] = args.compile_cache_dir
+        for pair in args.env:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.startswith("SAMPLER_"):
+                raise SystemExit(f"--env {pair!r}: expected SAMPLER_NAME=VALUE")
+            env[key] = value
+        started = time.monotonic()
+        # The server's log stays open for the sampler's lifetime; stop() closes it.
+        self.log = open(args.server_log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "diffusion_sampler"], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
@@ -154,9 +170,38 @@ class Server:
             return requests.get(self.url + "/readyz", timeout=2).status_code == 200
 
         try:
-            wait_for(ready, args.ready_timeout, 0.5, "the sampler to be ready", ignoring=(requests.RequestException,))
+            wait_for(ready, args.ready_timeout, 0.2, "the sampler to be ready", ignoring=(requests.RequestException,))
         except AssertionError as exc:  # a command-line tool: a message and a status, not a traceback
             raise SystemExit(f"{exc}; see {args.server_log}") from None
+        self.ready_s = time.monotonic() - started  # process start to /readyz 200 (0.2 s resolution)
+
+    def gauge(self, name: str, **labels: str) -> float | None:
+        """One sample of the server's /metrics (None when absent, e.g. GPU memory on a CPU)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = requests.get(self.url + "/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return None
+
+    def gpu_peak_gib(self) -> float | None:
+        peak = self.gauge("diffusion_sampler_gpu_memory_bytes", kind="peak")
+        return None if peak is None else peak / 2**30
+
+    def save_images(self, args, out: Path, seeds: int) -> None:
+        """Seeds 1..N, one request each, saved as PNG: the same seeds on two variants compare
+        image by image (benchmarks/gpu_bench.py computes the PSNR)."""
+        import base64
+
+        out.mkdir(parents=True, exist_ok=True)
+        for seed in range(1, seeds + 1):
+            resp = requests.post(self.url + "/v1/images/generations", timeout=600,
+                                 json={"prompt": PROMPT, "size": f"{args.size}x{args.size}", "steps": args.steps,
+                                       "seed": seed})
+            resp.raise_for_status()
+            (out / f"seed-{seed}.png").write_bytes(base64.b64decode(resp.json()["data"][0]["b64_json"]))
 
     def batch_totals(self) -> tuple[float, float]:
         text = requests.get(self.url + "/metrics", timeout=10).text
@@ -214,6 +259,12 @@ def window(server: Server, args, clients: int, seconds: float) -> tuple[list[flo
     return latencies, errors[0], sum1 - sum0, count1 - count0
 
 
+def _ratio(row: dict, key: str) -> str:
+    if row["mode"] == "plain":
+        return "1.00"
+    return f"{row[key]:.2f}" if key in row else "-"
+
+
 def summarize(mode: str, clients: int, latencies: list[float], seconds: float, **extra) -> dict:
     return dict(mode=mode, clients=clients, requests=len(latencies), images_per_s=len(latencies) / seconds,
                 p50=percentile(latencies, 50), p95=percentile(latencies, 95), p99=percentile(latencies, 99),
@@ -236,6 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int)
     parser.add_argument("--max-wait-ms", type=float)
     parser.add_argument("--compile", action="store_true", help="SAMPLER_COMPILE=1 with buckets for --size")
+    parser.add_argument("--compile-buckets", help="batch buckets for --compile, e.g. 1,8,16 (default: powers of "
+                                                  "two up to the max batch)")
+    parser.add_argument("--compile-cache-dir", help="SAMPLER_COMPILE_CACHE_DIR for the sampler")
+    parser.add_argument("--env", action="append", default=[], metavar="SAMPLER_NAME=VALUE",
+                        help="extra sampler setting (repeatable), e.g. SAMPLER_FUSE_QKV=1")
+    parser.add_argument("--no-plain", action="store_true",
+                        help="no in-process plain pipeline (the caller runs its own plain reference)")
+    parser.add_argument("--ready-only", action="store_true",
+                        help="start the sampler, time it to ready, stop it: one 'ready' row")
+    parser.add_argument("--images-out", help="after ready, save --fidelity-seeds images (seeds 1..N) here")
+    parser.add_argument("--fidelity-seeds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads for both sides (OMP_NUM_THREADS; 0: library default)")
     parser.add_argument("--rounds", type=int, default=6, help="alternating plain/sampler windows per count")
@@ -254,11 +316,21 @@ def main(argv: list[str] | None = None) -> int:
     emit(event="config", preset=args.preset, size=args.size, steps=args.steps, dtype=args.dtype,
          max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, compile=args.compile,
          threads=args.threads or "default", clients=client_counts, duration_s=args.duration)
-    rows = []
+    rows: list[dict] = []
     if args.shared_baseline:
         subprocess.run([sys.executable, args.shared_baseline], check=False)
-    plain = Plain(args, model_dir)
+    plain = None if args.no_plain or args.ready_only else Plain(args, model_dir)
     server = Server(args, model_dir)
+    emit(event="ready", ready_s=round(server.ready_s, 2))
+    if args.ready_only:
+        rows.append(dict(mode="ready", clients=0, ready_s=server.ready_s, gpu_peak_gib=server.gpu_peak_gib()))
+        emit(event="result", **rows[-1])
+        emit(event="server_exit", code=server.stop())
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(rows, indent=2))
+        return 0
+    if args.images_out:
+        server.save_images(args, Path(args.images_out), args.fidelity_seeds)
     # Plain and sampler windows alternate (--rounds of each per client count), so a neighbour's
     # load on a shared machine hits both sides alike; the sampler idles while plain runs.
     per_round = args.duration / args.rounds
@@ -267,37 +339,43 @@ def main(argv: list[str] | None = None) -> int:
             plain_lat, plain_s = [], 0.0
             lat, errors, bsum, bcount = [], 0, 0.0, 0.0
             for _ in range(args.rounds):
-                l, t = plain.window(per_round)
-                plain_lat += l
-                plain_s += t
-                l, e, s_, c = window(server, args, clients, per_round)
-                lat += l
+                if plain is not None:
+                    window_lat, t = plain.window(per_round)
+                    plain_lat += window_lat
+                    plain_s += t
+                window_lat, e, s_, c = window(server, args, clients, per_round)
+                lat += window_lat
                 errors += e
                 bsum += s_
                 bcount += c
-            base = summarize("plain", 1, plain_lat, plain_s, device=plain.name, mean_batch=1.0,
-                             paired_with=clients)
             row = summarize("sampler", clients, lat, per_round * args.rounds, errors=errors,
-                            mean_batch=bsum / bcount if bcount else float("nan"))
-            row["throughput_vs_plain"] = row["images_per_s"] / base["images_per_s"]
-            row["p50_vs_plain"] = row["p50"] / base["p50"]
-            for r in (base, row):
+                            mean_batch=bsum / bcount if bcount else float("nan"), ready_s=server.ready_s,
+                            gpu_peak_gib=server.gpu_peak_gib())
+            pair = [row]
+            if plain is not None:
+                base = summarize("plain", 1, plain_lat, plain_s, device=plain.name, mean_batch=1.0,
+                                 paired_with=clients)
+                row["throughput_vs_plain"] = row["images_per_s"] / base["images_per_s"]
+                row["p50_vs_plain"] = row["p50"] / base["p50"]
+                pair = [base, row]
+            for r in pair:
                 emit(event="result", **r)
-            rows += [base, row]
+            rows += pair
     finally:
         exit_code = server.stop()
     emit(event="server_exit", code=exit_code)
 
     print()
-    print(f"device: {plain.name}; model: {args.preset} ({model_dir}); {args.size}x{args.size}, "
+    device = plain.name if plain is not None else args.device
+    print(f"device: {device}; model: {args.preset} ({model_dir}); {args.size}x{args.size}, "
           f"{args.steps} steps, {args.dtype}; max batch {args.max_batch_size}, max wait {args.max_wait_ms:g} ms")
     print("| mode | clients | images/s | p50 s | p95 s | p99 s | mean batch | x plain images/s | p50 / plain p50 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mode = f"plain (beside {r['paired_with']} clients)" if r["mode"] == "plain" else "sampler"
         print(f"| {mode} | {r['clients']} | {r['images_per_s']:.2f} | {r['p50']:.3f} | {r['p95']:.3f} | "
-              f"{r['p99']:.3f} | {r['mean_batch']:.2f} | {r.get('throughput_vs_plain', 1.0):.2f} | "
-              f"{r.get('p50_vs_plain', 1.0):.2f} |")
+              f"{r['p99']:.3f} | {r['mean_batch']:.2f} | {_ratio(r, 'throughput_vs_plain')} | "
+              f"{_ratio(r, 'p50_vs_plain')} |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=2))
     return 0

@@ -1,7 +1,9 @@
 """The HTTP side: FastAPI routes, error shapes, the gateway middleware and the drain switch.
 
 Handlers validate, queue a job with the batcher and wait for it; they never touch the pipeline.
-PNG encoding happens here, in a thread, so the worker can start the next batch meanwhile.
+PNG encoding and the response happen here, in a thread of the event loop's pool, so the worker
+starts the next batch (and the GPU its work) while this batch's images are encoded and sent;
+the native response's timings (``batch_started_at``, ``batch_finished_at``, ``encode_s``) show it.
 """
 
 from __future__ import annotations
@@ -230,7 +232,8 @@ def create_app(state: State) -> Gateway:
             request.state.log["safety"] = "blocked_prompt"
             blank = np.zeros((shape.height, shape.width, 3), dtype=np.uint8)
             results = [ImageResult(blank, it.seed, "blocked_prompt", "ok") for it in items]
-            timings = {"queue_wait_s": 0.0, "denoise_s": 0.0, "decode_s": 0.0, "batch_size": 0}
+            timings = {"queue_wait_s": 0.0, "denoise_s": 0.0, "decode_s": 0.0, "batch_size": 0,
+                       "batch_started_at": 0.0, "batch_finished_at": 0.0}
             return await _finish(results, timings)
         job = Job(shape, items, time.monotonic() + timeout, request.state.request_id)
         try:
@@ -264,11 +267,20 @@ def create_app(state: State) -> Gateway:
             log.exception("generation failed", extra={"request_id": request.state.request_id})
             raise ApiError(500, "generation failed", None, "generation_failed") from None
         timings = {"queue_wait_s": round(result.queue_wait_s, 4), "denoise_s": round(result.batch.denoise_s, 4),
-                   "decode_s": round(result.batch.decode_s, 4), "batch_size": result.batch.batch_size}
+                   "decode_s": round(result.batch.decode_s, 4), "batch_size": result.batch.batch_size,
+                   "batch_started_at": round(result.batch_started_at, 4),
+                   "batch_finished_at": round(result.batch_finished_at, 4)}
         return await _finish(result.images, timings)
 
+    def _encode(results: list[ImageResult]) -> tuple[list[bytes], float]:
+        started = time.perf_counter()
+        if settings.fault_encode_latency_s > 0:
+            time.sleep(settings.fault_encode_latency_s)  # fault injection: a slow encoder
+        return [_png(r.pixels) for r in results], time.perf_counter() - started
+
     async def _finish(results: list[ImageResult], timings: dict):
-        pngs = await asyncio.to_thread(lambda: [_png(r.pixels) for r in results])
+        pngs, encode_s = await asyncio.to_thread(_encode, results)
+        timings = {**timings, "encode_s": round(encode_s, 4)}
         info = [{"seed": r.seed, "safety": r.safety, "quality": r.quality, "timings": timings} for r in results]
         return info, pngs
 

@@ -68,6 +68,10 @@ class JobResult:
     batch: BatchResult
     images: list  # this job's ImageResults, in order
     queue_wait_s: float
+    # Wall clock (time.time()) when the batch started and when its pixels were on the host: the
+    # worker is free from then on, while this job's PNGs are encoded on the HTTP side.
+    batch_started_at: float = 0.0
+    batch_finished_at: float = 0.0
 
 
 class Batcher:
@@ -226,6 +230,7 @@ class Batcher:
         shape = batch[0].shape
         items = [item for job in batch for item in job.items]
         started = time.monotonic()
+        started_wall = time.time()
         for job in batch:
             self.metrics.l(self.metrics.queue_wait).observe(started - job.enqueued_at)
         try:
@@ -243,6 +248,7 @@ class Batcher:
                 job.future.set_exception(exc)
             return
         elapsed = time.monotonic() - started
+        finished_wall = time.time()
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
         with self._cond:
             # Before any response goes out (a client's next request must not be counted twice):
@@ -257,4 +263,4 @@ class Batcher:
             images = result.images[offset : offset + len(job.items)]
             offset += len(job.items)
             job.state = "done"
-            job.future.set_result(JobResult(result, images, started - job.enqueued_at))
+            job.future.set_result(JobResult(result, images, started - job.enqueued_at, started_wall, finished_wall))

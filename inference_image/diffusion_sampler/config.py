@@ -1,7 +1,9 @@
 """Typed settings, read once from the environment at startup.
 
-Every variable is documented in ``docs/sampler-contract.md``; the operator sets them from the
-DiffusionModel and the pool. Nothing else in the package reads ``os.environ``.
+Every variable is documented in ``docs/sampler-contract.md`` (the speed knobs added for the GPU
+work, ``SAMPLER_PRECISION`` to ``SAMPLER_FAULT_ENCODE_LATENCY_S``, in ``docs/sampler.md``); the
+operator sets them from the DiffusionModel and the pool. Nothing else in the package reads
+``os.environ`` (``compile_cache`` writes ``TORCHINDUCTOR_CACHE_DIR``, for torch to read).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ SCHEDULERS = (
     "heun",
     "unipc",
 )
+
+# "default": weights and compute in SAMPLER_DTYPE. "fp8": the UNet's linear layers in float8
+# (torchao, dynamic activation scaling) on GPUs with compute capability 8.9 or newer; opt-in only,
+# its fidelity against fp16 is measured by benchmarks/gpu_bench.py (PSNR on the same seeds).
+PRECISIONS = ("default", "fp8")
 
 
 class ConfigError(ValueError):
@@ -67,9 +74,16 @@ class Settings:
     slo_latency_thresholds_s: tuple[float, ...] = ()
     compile: bool = False
     compile_buckets: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
+    compile_vae: bool = False
+    compile_cache_dir: Path | None = None
+    precision: str = "default"
+    fuse_qkv: bool = False
+    channels_last: bool = False
+    prompt_cache_size: int = 256
     warmup: bool = True
     fault_error_rate: float = 0.0
     fault_latency_s: float = 0.0
+    fault_encode_latency_s: float = 0.0
     log_level: str = "INFO"
 
     @classmethod
@@ -112,6 +126,12 @@ class Settings:
             thresholds = tuple(sorted({float(x) for x in _csv(get("SLO_LATENCY_THRESHOLDS_S", ""))}))
         except ValueError as exc:
             raise ConfigError("SAMPLER_SLO_LATENCY_THRESHOLDS_S must be comma-separated seconds") from exc
+        precision = get("PRECISION", "default")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"SAMPLER_PRECISION={precision!r}; expected one of {PRECISIONS}")
+        if precision == "fp8" and dtype == "fp32":
+            raise ConfigError("SAMPLER_PRECISION=fp8 computes in fp16 or bf16: set SAMPLER_DTYPE to one of them")
+        cache_dir = get("COMPILE_CACHE_DIR", "")
         error_rate = num("FAULT_ERROR_RATE", 0.0, float)
         if not 0.0 <= error_rate <= 1.0:
             raise ConfigError("SAMPLER_FAULT_ERROR_RATE must be within 0..1")
@@ -147,9 +167,16 @@ class Settings:
             slo_latency_thresholds_s=thresholds,
             compile=get("COMPILE", "0") == "1",
             compile_buckets=parse_buckets(get("COMPILE_BUCKETS", "")),
+            compile_vae=get("COMPILE_VAE", "0") == "1",
+            compile_cache_dir=Path(cache_dir) if cache_dir else None,
+            precision=precision,
+            fuse_qkv=get("FUSE_QKV", "0") == "1",
+            channels_last=get("CHANNELS_LAST", "0") == "1",
+            prompt_cache_size=max(0, num("PROMPT_CACHE_SIZE", 256)),
             warmup=get("WARMUP", "1") == "1",
             fault_error_rate=error_rate,
             fault_latency_s=num("FAULT_LATENCY_S", 0.0, float),
+            fault_encode_latency_s=num("FAULT_ENCODE_LATENCY_S", 0.0, float),
             log_level=get("LOG_LEVEL", "INFO").upper(),
         )
         for name in ("default_width", "default_height", "max_width", "max_height"):

@@ -4,6 +4,14 @@ Only the batcher's worker thread calls ``Engine.run``: a diffusers pipeline obje
 for concurrent calls (the scheduler keeps state; diffusers #1606, #3672, #9833), so nothing here
 locks. Each image gets its own seeded CPU generator, so a seed gives the same image whether it
 ran alone or inside a batch, and on any device.
+
+GPU habits kept here: prompt embeddings are cached per prompt (``prompt_cache``), so a repeated
+prompt skips the text encoder; there is no host-device synchronisation between the denoising
+loop and the end of the batch (CUDA events time the phases; the one wait is the copy of the
+finished pixels to the host); with ``compile`` every (size, batch) bucket is captured before
+ready, the VAE decoder too when ``compile_vae`` is set. The diffusers loop itself waits on the
+GPU once per call (DPM-Solver's first step looks its timestep up with ``nonzero()``), never
+per step. fp8 is refused, at load, where it cannot run: never a silent fallback.
 """
 
 from __future__ import annotations
@@ -17,14 +25,54 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import compile_cache
 from .config import Settings
 from .metrics import Metrics
+from .prompt_cache import LRUCache
 from .safety import DefaultSafetyFilter, SafetyFilter, replace
 
 log = logging.getLogger("diffusion_sampler.engine")
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _DECODE_CHUNK = 8  # VAE decode memory grows with batch (diffusers #10350): decode in slices
+# Pipelines whose encode_prompt(prompt, device, n, cfg, negative) returns (positive, negative)
+# embeddings that __call__ accepts back as prompt_embeds / negative_prompt_embeds.
+_CACHEABLE_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+class UnsupportedPrecision(RuntimeError):
+    """SAMPLER_PRECISION asks for something this machine cannot do; the process must not start."""
+
+
+def check_fp8(device: str) -> None:
+    """Raise unless fp8 can run here: CUDA, compute capability >= 8.9 (Ada, Hopper), torchao."""
+    if device != "cuda":
+        raise UnsupportedPrecision(
+            "SAMPLER_PRECISION=fp8 needs a CUDA GPU with compute capability 8.9 or newer (L4, L40, H100, "
+            f"H200); this process runs on {device}. Unset SAMPLER_PRECISION for fp16/bf16.")
+    capability = torch.cuda.get_device_capability()
+    if tuple(capability) < FP8_MIN_CAPABILITY:
+        raise UnsupportedPrecision(
+            f"SAMPLER_PRECISION=fp8 needs compute capability 8.9 or newer; {torch.cuda.get_device_name()} has "
+            f"{capability[0]}.{capability[1]}. Unset SAMPLER_PRECISION for fp16/bf16.")
+    try:
+        import torchao  # noqa: F401
+    except ImportError as exc:
+        raise UnsupportedPrecision("SAMPLER_PRECISION=fp8 needs torchao in the image (pip install torchao)") from exc
+
+
+def _quantize_fp8(unet: Any) -> None:
+    from torchao.quantization import quantize_
+
+    try:  # torchao >= 0.10 names configs by class; older releases by function
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig as Fp8Config
+        config = Fp8Config()
+    except ImportError:
+        from torchao.quantization import float8_dynamic_activation_float8_weight
+
+        config = float8_dynamic_activation_float8_weight()
+    quantize_(unet, config)
 
 
 def _scheduler_factory(name: str):
@@ -99,6 +147,11 @@ class Engine:
         self.dtype = torch.float32
         self._schedulers: dict[str, object] = {}
         self._base_scheduler_config: dict[str, Any] | None = None
+        # (revision, prompt, negative) -> (positive, negative) embeddings of one image, on the device
+        self.prompt_cache: LRUCache[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = LRUCache(
+            settings.prompt_cache_size)
+        self._cache_prompts = False
+        self.compile_cache: compile_cache.CompileCache | None = None
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -113,6 +166,13 @@ class Engine:
         if self.device == "cpu" and self.dtype != torch.float32:
             log.warning("half precision requested on CPU; using fp32", extra={"requested_dtype": s.dtype})
             self.dtype = torch.float32
+        if s.precision == "fp8":
+            check_fp8(self.device)  # before the (long) load: a refusal should come at once
+        if s.compile and s.compile_cache_dir is not None:
+            self.compile_cache = compile_cache.for_process(s.compile_cache_dir, s.revision, self.device)
+            found = self.compile_cache.activate()
+            log.info("compile cache", extra={"path": str(self.compile_cache.path), "files_found": found,
+                                             "warm": found > 0})
         cls = {
             "text-to-image": diffusers.AutoPipelineForText2Image,
             "image-to-image": diffusers.AutoPipelineForImage2Image,
@@ -128,7 +188,15 @@ class Engine:
         pipe.set_progress_bar_config(disable=True)
         if self.dtype == torch.float16 and "XL" in type(pipe).__name__ and pipe.vae.config.get("force_upcast"):
             pipe.vae.to(torch.float32)  # SDXL's VAE gives NaN/black in fp16 (diffusers #7188)
+        if s.fuse_qkv:
+            pipe.fuse_qkv_projections()  # the UNet's and the VAE's attention: one matmul for q, k, v
+        if s.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        if s.precision == "fp8":
+            _quantize_fp8(pipe.unet)
         self._base_scheduler_config = dict(pipe.scheduler.config)
+        self._cache_prompts = s.prompt_cache_size > 0 and type(pipe).__name__ in _CACHEABLE_PIPELINES
         self.pipe = pipe
         for name in {s.default_scheduler}:
             self._scheduler(name)
@@ -143,6 +211,8 @@ class Engine:
                 "device": self.device,
                 "dtype": str(self.dtype).replace("torch.", ""),
                 "load_s": round(time.perf_counter() - started, 2),
+                "precision": s.precision,
+                "prompt_cache": self._cache_prompts,
                 "image_safety_checker": getattr(self.safety, "has_image_checker", lambda p: False)(pipe),
             },
         )
@@ -157,7 +227,11 @@ class Engine:
         pipe = self._loaded_pipe()
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.unet = torch.compile(pipe.unet, mode=mode, dynamic=False)
-        log.info("unet compiled", extra={"mode": mode, "buckets": str(self.settings.compile_buckets)})
+        if self.settings.compile_vae:
+            # Decoded at bucket sizes only (see run), in chunks of _DECODE_CHUNK: a few graphs.
+            pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode=mode, dynamic=False)
+        log.info("unet compiled", extra={"mode": mode, "buckets": str(self.settings.compile_buckets),
+                                         "vae": self.settings.compile_vae})
 
     def _scheduler(self, name: str):
         if name not in self._schedulers:
@@ -183,6 +257,9 @@ class Engine:
             self.run(shape, items, record=False)
             log.info("warm-up batch done", extra={"width": width, "height": height, "batch": batch,
                                                   "seconds": round(time.perf_counter() - started, 2)})
+        if self.compile_cache is not None:
+            log.info("compile cache after warm-up", extra={"path": str(self.compile_cache.path),
+                                                           "files": self.compile_cache.entries()})
 
     def _warmup_inputs(self, width: int, height: int):
         from PIL import Image
@@ -202,9 +279,41 @@ class Engine:
         sizes = self.settings.compile_buckets.get((shape.width, shape.height), ())
         return next((b for b in sizes if b >= n), n)
 
-    def _sync(self) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+    def _event(self) -> Any:
+        """A CUDA event recorded now on the current stream (None on the CPU): times GPU work
+        without making the host wait for it."""
+        if self.device != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _embeddings(self, items: list[Item], record: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positive and negative prompt embeddings for every item; the text encoder runs once, in
+        one batch, for the prompts not in the cache. A prompt repeated inside the batch counts as a
+        hit (the encoder ran once for it); padding is not counted."""
+        pipe = self._loaded_pipe()
+        revision = self.settings.revision
+        keys = [(revision, it.prompt, it.negative_prompt) for it in items]
+        found: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        missing: list[tuple[str, str, str]] = []
+        for key in dict.fromkeys(keys):
+            hit = self.prompt_cache.get(key)
+            if hit is None:
+                missing.append(key)
+            else:
+                found[key] = hit
+        if missing:
+            positive, negative = pipe.encode_prompt(
+                [k[1] for k in missing], self.device, 1, True, [k[2] for k in missing])
+            for i, key in enumerate(missing):
+                found[key] = (positive[i : i + 1], negative[i : i + 1])
+                self.prompt_cache.put(key, found[key])
+        if record:
+            m = self.metrics
+            m.l(m.prompt_cache, result="miss").inc(len(missing))
+            m.l(m.prompt_cache, result="hit").inc(len(keys) - len(missing))
+        return torch.cat([found[k][0] for k in keys]), torch.cat([found[k][1] for k in keys])
 
     @torch.inference_mode()
     def run(self, shape: Shape, items: list[Item], record: bool = True) -> BatchResult:
@@ -213,14 +322,21 @@ class Engine:
         n = len(items)
         padded = items + [items[-1]] * (self.padded_size(shape, n) - n)
         pipe.scheduler = self._scheduler(shape.scheduler)
-        kwargs = dict(
-            prompt=[it.prompt for it in padded],
-            negative_prompt=[it.negative_prompt for it in padded],
+        started = time.perf_counter()
+        start_event = self._event()
+        kwargs: dict[str, Any] = dict(
             num_inference_steps=shape.steps,
             guidance_scale=shape.guidance_scale,
             generator=[torch.Generator("cpu").manual_seed(it.seed) for it in padded],
             output_type="latent",
         )
+        if self._cache_prompts:
+            positive, negative = self._embeddings(items, record)
+            pad = len(padded) - n  # padding repeats the last item, so it reuses its embeddings
+            kwargs["prompt_embeds"] = torch.cat([positive, positive[-1:].expand(pad, -1, -1)])
+            kwargs["negative_prompt_embeds"] = torch.cat([negative, negative[-1:].expand(pad, -1, -1)])
+        else:
+            kwargs.update(prompt=[it.prompt for it in padded], negative_prompt=[it.negative_prompt for it in padded])
         kind = s.pipeline_kind
         if kind in ("text-to-image", "inpainting"):
             kwargs.update(height=shape.height, width=shape.width)
@@ -228,29 +344,36 @@ class Engine:
             kwargs.update(image=[it.image for it in padded], strength=shape.strength)
         if kind == "inpainting":
             kwargs.update(mask_image=[it.mask for it in padded])
-        started = time.perf_counter()
         latents = pipe(**kwargs).images
-        self._sync()
-        denoised = time.perf_counter()
-        decoded = self._decode(latents[:n])
-        nan = torch.isnan(decoded).flatten(1).any(1).tolist()
+        denoised = time.perf_counter()  # on CUDA: work queued, not done (the events say when)
+        denoise_event = self._event()
+        # With a compiled decoder, decode the padded batch: bucket shapes only, no recompiles.
+        decoded = self._decode(latents if s.compile and s.compile_vae else latents[:n])[:n]
+        nan = torch.isnan(decoded).flatten(1).any(1)
         flagged = self.safety.check_images(pipe, decoded.nan_to_num(), self.dtype)
         pixels = ((decoded.nan_to_num() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         flat = pixels.flatten(1)
-        blank = ((flat.amax(1) - flat.amin(1)) <= 1).tolist()
+        blank = (flat.amax(1) - flat.amin(1)) <= 1
+        # The one wait for the GPU: the finished pixels and the two flags, copied to the host.
         arrays = pixels.permute(0, 2, 3, 1).cpu().numpy()
-        self._sync()
+        flags = torch.stack([nan, blank], 1).tolist()
         finished = time.perf_counter()
+        if start_event is not None:
+            end_event = self._event()
+            end_event.synchronize()  # already done: the copy above waited for it
+            denoise_s = start_event.elapsed_time(denoise_event) / 1000
+            decode_s = denoise_event.elapsed_time(end_event) / 1000
+        else:
+            denoise_s, decode_s = denoised - started, finished - denoised
         results = []
         for i, it in enumerate(items):
-            quality = "nan" if nan[i] else "blank" if blank[i] else "ok"
+            quality = "nan" if flags[i][0] else "blank" if flags[i][1] else "ok"
             image = arrays[i]
             safety = "passed"
             if flagged[i]:
                 safety = "blocked_image"
                 image = replace(image, s.safety_replacement)
             results.append(ImageResult(image, it.seed, safety, quality))
-        denoise_s, decode_s = denoised - started, finished - denoised
         if record:
             m = self.metrics
             m.l(m.batch_size).observe(n)
@@ -264,6 +387,7 @@ class Engine:
             if self.device == "cuda":
                 m.l(m.gpu_memory, kind="allocated").set(torch.cuda.memory_allocated())
                 m.l(m.gpu_memory, kind="reserved").set(torch.cuda.memory_reserved())
+                m.l(m.gpu_memory, kind="peak").set(torch.cuda.max_memory_allocated())
         return BatchResult(results, denoise_s, decode_s, n)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:

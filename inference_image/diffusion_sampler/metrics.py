@@ -1,4 +1,5 @@
-"""Prometheus metrics, names and labels exactly as in ``docs/sampler-contract.md``.
+"""Prometheus metrics, names and labels exactly as in ``docs/sampler-contract.md`` (plus
+``prompt_cache_total`` and ``gpu_memory_bytes{kind="peak"}``, described in ``docs/sampler.md``).
 
 Every series carries ``pool`` and ``revision`` from the environment: the rollout analysis queries
 by them. Histograms of latency reach 300 s (the client default of 10 s would put every slow
@@ -63,8 +64,13 @@ class Metrics:
             "diffusion_sampler_denoise_step_seconds", "Time per denoising step of a batch.",
             base, buckets=STEP_BUCKETS, registry=r)
         self.gpu_memory = Gauge(
-            "diffusion_sampler_gpu_memory_bytes", "CUDA memory held by the process.",
+            "diffusion_sampler_gpu_memory_bytes",
+            "CUDA memory held by the process (allocated, reserved, and peak allocated since start).",
             base + ("kind",), registry=r)
+        self.prompt_cache = Counter(
+            "diffusion_sampler_prompt_cache_total",
+            "Prompt-embedding cache lookups, one per image: hit (text encoder skipped) or miss.",
+            base + ("result",), registry=r)
         # Create the children up front so every series exists (at zero) from the first scrape.
         for endpoint in ENDPOINTS:
             self.request_duration.labels(**self._labels, endpoint=endpoint)
@@ -76,6 +82,8 @@ class Metrics:
             self.safety.labels(**self._labels, outcome=outcome)
         for kind in BLANK_KINDS:
             self.blank.labels(**self._labels, kind=kind)
+        for result in ("hit", "miss"):
+            self.prompt_cache.labels(**self._labels, result=result)
         self.queue_wait.labels(**self._labels)
         self.batch_size.labels(**self._labels)
         self.queue_depth.labels(**self._labels)
@@ -86,7 +94,7 @@ class Metrics:
         return metric.labels(**self._labels, **extra)
 
     def enable_gpu(self) -> None:
-        for kind in ("allocated", "reserved"):
+        for kind in ("allocated", "reserved", "peak"):
             self.gpu_memory.labels(**self._labels, kind=kind)
 
     def render(self) -> bytes:
