@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,dashboards]'
 	@if [ -f inference_image/pyproject.toml ]; then \
 	  echo "installing the sampler (torch and diffusers: a large first download, cached by pip after)"; \
 	  $(BIN)/pip install --quiet -e './inference_image[test]'; fi

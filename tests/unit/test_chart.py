@@ -240,8 +240,8 @@ def test_helm_lint(helm):
 def test_helm_template_cluster_wide(helm):
     docs = _render(helm)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service",
-                     "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "ConfigMap", "Deployment",
+                     "Role", "RoleBinding", "Service", "ServiceAccount"]  # the three dashboards
     role = _one(docs, "ClusterRole")
     # every rule but the Lease's, which goes into a Role in the release namespace
     assert role["rules"] == [r for r in RULES["framework"] + RULES["application"] if r != LEASE_RULE]
@@ -316,6 +316,8 @@ def test_helm_template_namespaced(helm):
     assert {"name": "DIFFUSION_OPERATOR_PROMETHEUS_URL", "value": "http://prometheus.monitoring:9090"} in c["env"]
     sm = _one(docs, "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    # the operator's pool `namespace` label must survive the scrape (the dashboards select on it)
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
 
 
 def _assert_leader_election_role(docs, sa_name, namespace):
