@@ -148,9 +148,6 @@ class ObjectCache:
                 out.append(o)
         return out
 
-    def __len__(self) -> int:
-        return len(self._objs)
-
 
 @contextlib.contextmanager
 def _api_errors(what: str, *, rejected_is_spec_error: bool = False) -> Iterator[None]:
@@ -183,7 +180,6 @@ class Kube:
         self._lock = threading.Lock()
         # (kind, namespace, name) -> (hash of what we applied, the object's version marker then)
         self._applied: dict[tuple[str, str | None, str], tuple[str, str]] = {}
-        self.requests = 0  # API requests sent (discovery excluded): what the benchmark counts
 
     def close(self) -> None:
         self.api_client.close()
@@ -217,7 +213,6 @@ class Kube:
 
     def _call(self, method: str, path: str, *, body: Any = None, query: builtins.list[tuple[str, str]] | None = None,
               content_type: str = "application/json") -> dict:
-        self.requests += 1
         request = self.api_client.param_serialize(
             method, path, query_params=query or [], body=body, auth_settings=["BearerToken"],
             header_params={"Accept": "application/json", "Content-Type": content_type})
@@ -230,9 +225,8 @@ class Kube:
         return json.loads(data or b"{}")
 
     # --- reads -------------------------------------------------------------------------------
-    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None, *,
-            cached: bool = True) -> dict | None:
-        if cached and self.cache is not None and kind in self.cache.watched:
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        if self.cache is not None and kind in self.cache.watched:
             hit = self.cache.get(kind, namespace, name)
             if hit is not None:
                 return hit
@@ -316,11 +310,8 @@ class Kube:
         return self._marker(live) == marker \
             and ((live.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH) == digest
 
-    def forget_applied(self, kind: str, namespace: str | None, name: str) -> None:
-        self._applied.pop((kind, namespace, name), None)
-
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
-        self.forget_applied(kind, namespace, name)
+        self._applied.pop((kind, namespace, name), None)
         if self.cache is not None:
             self.cache.forget(kind, namespace, name)
         with _api_errors(f"delete {kind} {namespace}/{name}"):

@@ -280,18 +280,24 @@ def _not_observed_yet(dep: dict | None) -> bool:
     return ((dep.get("status") or {}).get("observedGeneration") or 0) < (dep["metadata"].get("generation") or 0)
 
 
+def unschedulable_message(pod: dict) -> str | None:
+    """The scheduler's message when ``pod`` is Pending because no node can take it, else None."""
+    if (pod.get("status") or {}).get("phase") != "Pending":
+        return None
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            return c.get("message") or ""
+    return None
+
+
 def unschedulable_gpu(pods: list[dict], pool: PoolSpec) -> str | None:
     """A message naming the GPU request when a pod is Pending for lack of GPUs, else None."""
     for pod in pods:
-        if (pod.get("status") or {}).get("phase") != "Pending":
-            continue
-        for c in (pod.get("status") or {}).get("conditions") or []:
-            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
-                msg = c.get("message") or ""
-                if pool.gpu.resource in msg:
-                    product = f" ({', '.join(pool.gpu.products)})" if pool.gpu.products else ""
-                    return (f"pod {pod['metadata']['name']} requests {pool.gpu.count} {pool.gpu.resource}{product} "
-                            f"and no node can take it: {msg}")
+        msg = unschedulable_message(pod)
+        if msg is not None and pool.gpu.resource in msg:
+            product = f" ({', '.join(pool.gpu.products)})" if pool.gpu.products else ""
+            return (f"pod {pod['metadata']['name']} requests {pool.gpu.count} {pool.gpu.resource}{product} "
+                    f"and no node can take it: {msg}")
     return None
 
 

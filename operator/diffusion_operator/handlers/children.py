@@ -13,8 +13,7 @@ from typing import Any
 import kopf
 
 from .. import builders
-from ..pools import POOL_API, unschedulable_gpu
-from ..spec import GpuSpec, PoolSpec
+from ..pools import POOL_API, unschedulable_message
 from . import inferencepool
 from .runtime import OperatorState, owner_pool_key
 
@@ -93,9 +92,6 @@ def _child_handler(kind: str):
     return child_event
 
 
-_ANY_GPU = PoolSpec(model_name="", gpu=GpuSpec(resource=""))
-
-
 def pod_event(body, memo: kopf.Memo, type, **_) -> None:
     """Pods are cached for the GPU-shortage check; a pod turning unschedulable (or leaving
     that state) re-runs its pool."""
@@ -106,8 +102,8 @@ def pod_event(body, memo: kopf.Memo, type, **_) -> None:
     _remember(state, body, type, "Pod")
     if type is None:
         return
-    was = before is not None and unschedulable_gpu([before], _ANY_GPU) is not None
-    now = type != "DELETED" and unschedulable_gpu([body], _ANY_GPU) is not None
+    was = before is not None and unschedulable_message(before) is not None
+    now = type != "DELETED" and unschedulable_message(body) is not None
     if was != now:
         _reconcile_owner(state, body)
 

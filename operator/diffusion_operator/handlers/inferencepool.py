@@ -21,6 +21,7 @@ import time
 import kopf
 
 from .. import API_GROUP, API_VERSION, metrics
+from ..conditions import PoolPhase
 from ..pools import ACTION_ANNOTATION, POOL_API, PoolResult, reconcile_pool
 from ..rollout import state_machine as sm
 from ..rollout.verdict import Verdict
@@ -67,8 +68,8 @@ def _export_rollout_metrics(key: PoolKey, status: dict) -> None:
     ns, name = key
     ro = status.get("rollout") or {}
     metrics.CANARY_WEIGHT.labels(ns, name).set(ro.get("canaryWeight") or 0)
-    for phase in ("Pending", "Progressing", "Ready", "Degraded", "Paused", "RolledBack"):
-        metrics.ROLLOUT_PHASE.labels(ns, name, phase).set(1 if status.get("phase") == phase else 0)
+    for phase in PoolPhase:
+        metrics.ROLLOUT_PHASE.labels(ns, name, phase.value).set(1 if status.get("phase") == phase else 0)
     for br in (ro.get("lastAnalysis") or {}).get("burnRates") or []:
         for window_key, rate_key in (("shortWindowSeconds", "shortBurnRate"), ("longWindowSeconds", "longBurnRate")):
             if br.get(rate_key) is not None:
