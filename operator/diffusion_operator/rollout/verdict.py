@@ -14,9 +14,7 @@ Rules, in order:
    short window and both windows have data. Only judged pairs can trip.
 3. **fail** (``AvailabilityBurnRateExceeded`` / ``LatencyBurnRateExceeded`` /
    ``QualityBurnRateExceeded``) when a judged pair trips (canary burns at or above the factor
-   in both windows, and in both the error count is beyond chance for a canary meeting its SLO:
-   a one-sided binomial test at ``FALSE_TRIP_RATE``) and the stable revision is *not* burning
-   as badly: stable burning as
+   in both windows) and the stable revision is *not* burning as badly: stable burning as
    badly means stable, with enough traffic of its own, trips the same pair and burns at
    least ``stableBurnRatio`` (default 0.5) times the canary's burn in both windows.
 4. **inconclusive** when every trip is shared with stable (``StableAlsoBurning``: the
@@ -34,7 +32,6 @@ not query anything or read the clock.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -247,9 +244,6 @@ class PairVerdict:
     stable_also_burning: bool
     #: Why a pair is not judged: "" | "warming-up" | "insufficient-traffic" | "no-data".
     skipped: str = ""
-    #: "binomial" when the burn reached the factor but the error counts were within chance for
-    #: a canary meeting its SLO, so the pair did not trip; "burn-rate" otherwise.
-    method: str = "burn-rate"
 
     @property
     def threshold_ratio(self) -> float:
@@ -318,42 +312,6 @@ def _both_at_least(a: WindowNumbers | None, b: WindowNumbers | None, floor_a: fl
     )
 
 
-#: A burn rate over a few events is noise (at SLO 99.9% and 50 requests one error is a 20x
-#: burn), and a canary erring exactly at its SLO burns at 1x half the time: so a trip also
-#: needs, in both windows, more errors than chance allows for a canary that meets its SLO (a
-#: one-sided binomial test against the objective's error rate at this level). Chosen with
-#: ``benchmarks/rollout_false_alarms.py``: 0 false rollbacks in 1000 simulated rollouts at the
-#: SLO's edge at 2-50 requests/s and 10 s or 60 s intervals, while a 10x-budget canary at
-#: 2 requests/s is still caught in 95% of rollouts, at the same median time (docs/rollouts.md).
-FALSE_TRIP_RATE = 1e-5
-
-
-def binomial_sf(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), summed in log space (no SciPy in the operator)."""
-    if k <= 0:
-        return 1.0
-    if k > n or p <= 0.0:
-        return 0.0
-    if p >= 1.0:
-        return 1.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    total = 0.0
-    for i in range(k, n + 1):
-        term = math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
-        total += term
-        if i > n * p and term < total * 1e-12:
-            break
-    return min(1.0, total)
-
-
-def _beyond_chance(ratio: float, requests: float, objective: float) -> bool:
-    """Whether ``round(ratio x requests)`` errors in ``requests`` are too many for a canary that
-    meets its objective (error rate ``1 - objective``), at ``FALSE_TRIP_RATE``."""
-    n = int(round(requests))
-    errors = int(round(ratio * n))
-    return n > 0 and binomial_sf(errors, n, 1.0 - objective) < FALSE_TRIP_RATE
-
-
 def _judge_pair(slo: SLO, pair: WindowPair, inputs: AnalysisInputs, config: AnalysisConfig) -> PairVerdict:
     c = inputs.canary
     c_long, c_short = _numbers(c, slo.sli, pair.long_s, slo), _numbers(c, slo.sli, pair.short_s, slo)
@@ -372,14 +330,7 @@ def _judge_pair(slo: SLO, pair: WindowPair, inputs: AnalysisInputs, config: Anal
     elif c_long.burn is None or c_short.burn is None:
         skipped = "no-data"
     judged = not skipped
-    method = "burn-rate"
-    tripped = False
-    if judged:
-        burning = _both_at_least(c_long, c_short, pair.factor, pair.factor)
-        windows = ((c_long, c.count(pair.long_s)), (c_short, requests))
-        tripped = burning and all(_beyond_chance(w.ratio or 0.0, n, slo.objective) for w, n in windows)
-        if burning and not tripped:
-            method = "binomial"  # the burn is there, the evidence is not: held back by the test
+    tripped = judged and _both_at_least(c_long, c_short, pair.factor, pair.factor)
     stable_also = False
     if tripped and inputs.stable is not None and inputs.stable.count(pair.short_s) >= max(config.min_requests, 1):
         k = config.stable_burn_ratio
@@ -403,7 +354,6 @@ def _judge_pair(slo: SLO, pair: WindowPair, inputs: AnalysisInputs, config: Anal
         tripped=tripped,
         stable_also_burning=stable_also,
         skipped=skipped,
-        method=method,
     )
 
 
