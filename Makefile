@@ -1,6 +1,6 @@
 # The two commands a new machine needs (see README):
 #   make dev    install, then start the local cluster (diffusion-operator dev up)
-#   make test   install, lint (ruff, mypy), build the cluster binaries, then run every test tier
+#   make test   install, lint (ruff, mypy), build the cluster binaries and our images, then run every tier
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -31,7 +31,11 @@ lint: install
 	$(BIN)/mypy
 
 test: install lint
-	$(BIN)/diffusion-operator dev build
+	@# binaries (CPU-bound Go builds) and images (mostly downloads and disk) side by side: cold, they
+	@# are the two longest steps of a fresh machine
+	$(BIN)/diffusion-operator dev build & build=$$!; \
+	  $(BIN)/diffusion-operator dev images --with-s3; images=$$?; \
+	  wait $$build && test $$images -eq 0
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install

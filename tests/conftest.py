@@ -47,9 +47,9 @@ def cluster(tmp_path_factory, tools):
         c.down()
 
 
-@pytest.fixture
-def namespace(cluster, request):
-    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+def make_namespace(cluster: LocalCluster, request, prefix: str = "t"):
+    """A namespace named after the test, deleted (without waiting) afterwards."""
+    name = f"{prefix}-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
     name = "".join(ch for ch in name if ch.isalnum() or ch == "-")
     cluster.kubectl("create", "namespace", name)
     try:
@@ -58,11 +58,15 @@ def namespace(cluster, request):
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+@pytest.fixture
+def namespace(cluster, request):
+    yield from make_namespace(cluster, request)
+
+
 OPERATOR_NS = "diffusion-system"
 
 
-@pytest.fixture(scope="session")
-def operator_kubeconfig(cluster, tmp_path_factory) -> Path:
+def operator_kubeconfig_for(cluster: LocalCluster, directory: Path) -> Path:
     """A kubeconfig for a ServiceAccount bound to exactly the chart's RBAC rules: the operator
     under test runs with it, not as cluster admin, so a missing permission fails a test."""
     rules = yaml.safe_load((REPO / "charts/diffusion-operator/files/rbac-rules.yaml").read_text())
@@ -80,7 +84,12 @@ def operator_kubeconfig(cluster, tmp_path_factory) -> Path:
     ]
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
     token = cluster.kubectl("-n", OPERATOR_NS, "create", "token", "diffusion-operator", "--duration=6h").stdout.strip()
-    return cluster.token_kubeconfig(token, tmp_path_factory.mktemp("operator") / "kubeconfig", OPERATOR_NS)
+    return cluster.token_kubeconfig(token, directory / "kubeconfig", OPERATOR_NS)
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(cluster, tmp_path_factory) -> Path:
+    return operator_kubeconfig_for(cluster, tmp_path_factory.mktemp("operator"))
 
 
 @pytest.fixture(scope="session")

@@ -65,7 +65,8 @@ def _fetch_s3(source: str, dest: Path, env: dict) -> None:
     try:
         import boto3
     except ImportError as exc:
-        raise FetchConfigError("s3:// sources need boto3 in the image (pip install 'diffusion-sampler[s3]')") from exc
+        raise FetchConfigError("s3:// sources need boto3 (pip install 'diffusion-sampler[s3]'; "
+                               "the image has it)") from exc
     parsed = urlparse(source)
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
     s3 = boto3.client("s3", endpoint_url=env.get("AWS_ENDPOINT_URL") or None,

@@ -16,6 +16,7 @@ from .settings import DEFAULT_SAMPLER_IMAGE
 from .spec import ModelSpec, PoolSpec
 
 SAMPLER_PORT = 8000
+SAMPLER_UID = 10001
 MODEL_MOUNT = "/models"
 LABEL_POOL = f"{API_GROUP}/pool"
 LABEL_REVISION = f"{API_GROUP}/revision"
@@ -130,6 +131,8 @@ def _model_volumes(pool: PoolSpec, model: ModelSpec, image: str) -> tuple[list[d
         "env": env,
         "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": _container_security(),
+        # the download's last log lines become the status message when it fails
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if env_from:
         init["envFrom"] = env_from
@@ -171,6 +174,7 @@ def deployment(pool_obj: dict, pool: PoolSpec, model: ModelSpec, revision: str, 
         "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True},
                          {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if pool.image_pull_policy:
         container["imagePullPolicy"] = pool.image_pull_policy
@@ -192,7 +196,9 @@ def deployment(pool_obj: dict, pool: PoolSpec, model: ModelSpec, revision: str, 
         "terminationGracePeriodSeconds": pool.drain_timeout + 15,
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        # the sampler image's own user (inference_image/Dockerfile: uid and gid 10001)
+        "securityContext": {"runAsNonRoot": True, "runAsUser": SAMPLER_UID, "runAsGroup": SAMPLER_UID,
+                            "fsGroup": SAMPLER_UID,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                                        "whenUnsatisfiable": "ScheduleAnyway",

@@ -11,8 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .devcluster import toolchain
-from .devcluster.cluster import ClusterConfig, ClusterError, LocalCluster
+from .devcluster import node, toolchain
+from .devcluster.cluster import ClusterConfig, ClusterError, ComponentStartError, LocalCluster
 from .settings import Settings
 
 
@@ -31,7 +31,45 @@ def _cluster_from_args(args: argparse.Namespace) -> LocalCluster:
         cfg.gpu_product = args.gpu_product
     if getattr(args, "no_prometheus", False):
         cfg.prometheus = False
+    if getattr(args, "real_nodes", None) is not None:
+        if args.real_nodes not in (0, 1):
+            raise ClusterError(f"--real-nodes {args.real_nodes}: this machine holds at most one real node (0 or 1)")
+        cfg.real_nodes = args.real_nodes
+    if getattr(args, "node_gpus", None) is not None:
+        cfg.node_gpus = args.node_gpus
     return LocalCluster(cfg)
+
+
+DEV_MODEL_DIR = Path("/var/lib/diffusion-models/tiny")  # examples/dev's file:// source, on the real node
+
+
+def _ensure_dev_model(path: Path = DEV_MODEL_DIR) -> None:
+    """The tiny model examples/dev serves, written once onto this machine (the real node)."""
+    if (path / "model_index.json").exists():
+        return
+    try:
+        from diffusion_sampler import build_model
+    except ImportError:
+        _say(f"note: the sampler package is not installed, so {path} (examples/dev's model) was not created; "
+             "`make dev` installs it")
+        return
+    _say(f"writing the tiny model examples/dev serves to {path}")
+    build_model.main(["--out", str(path)])
+    # readable by the sampler's uid 10001 through the hostPath mount (safetensors writes 0600)
+    for p in [path, *path.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def _build_images(*, s3: bool = False) -> list:
+    from .devcluster import images
+
+    _say("Building the sampler and operator images with buildah (cached; the first build takes 10-15 minutes, "
+         "most of it torch)")
+    built = images.ensure_images(_say, s3=s3)
+    for img in built:
+        how = f"built in {img.seconds:.0f} s" if img.built_now else "cached"
+        _say(f"  {img.name}: {img.size_bytes / 2**20:.0f} MiB ({how})")
+    return built
 
 
 def _next_steps(cluster: LocalCluster) -> str:
@@ -48,6 +86,17 @@ def _next_steps(cluster: LocalCluster) -> str:
         "  diffusion-operator run --standalone --allow-file-sources   # the operator, against this cluster",
         "  kubectl get diffusion             # both kinds, with phase and revisions",
     ]
+    if cluster.state().get("node"):
+        lines += [
+            f"  kubectl get pods -o wide          # the pool's pods run on the real node '{node.NODE_NAME}'",
+            "  kubectl port-forward svc/tiny 8000:80 &       # the pool Service listens on 80",
+            "  curl -s localhost:8000/v1/images/generations -H 'content-type: application/json' \\",
+            "       -d '{\"prompt\": \"a lighthouse\", \"size\": \"64x64\"}' | python3 -c \\",
+            "       'import sys,json,base64; open(\"out.png\",\"wb\").write(base64.b64decode("
+            "json.load(sys.stdin)[\"data\"][0][\"b64_json\"]))'",
+        ]
+    else:
+        lines.append("  (no real node: pods are simulated by kwok and run no containers)")
     if cluster.prometheus_url:
         lines.append(f"  Prometheus: {cluster.prometheus_url}  (scrape targets: drop JSON files into "
                      f"{cluster.prometheus_targets_dir})")
@@ -60,8 +109,26 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     if not cluster.is_running():
         _say(f"Preparing binaries (cached under {toolchain.cache_root()}; the first run builds Kubernetes from source, "
              "15-30 minutes on 2 cores).")
-    cluster.up(progress=_say)
+        if cluster.config.real_nodes:
+            cluster.config.node_images = tuple(img.archive for img in _build_images()
+                                               if img.name != node.manifests.PAUSE_IMAGE)
+            _ensure_dev_model()
+    try:
+        cluster.up(progress=_say)
+    except (node.NodeUnavailable, ComponentStartError) as exc:
+        if isinstance(exc, ComponentStartError) and exc.component not in node.NODE_COMPONENTS:
+            raise
+        _say(f"error: the real node cannot run on this machine: {exc}\n"
+             "       `diffusion-operator dev up --real-nodes 0` starts a cluster of simulated (kwok) nodes only.")
+        return 1
     print(_next_steps(cluster))
+    return 0
+
+
+def cmd_dev_images(args: argparse.Namespace) -> int:
+    """Build (or take from the cache) the images the real node runs."""
+    for img in _build_images(s3=args.with_s3):
+        print(f"{img.name}\t{img.size_bytes / 2**20:.0f} MiB\t{img.archive}")
     return 0
 
 
@@ -74,6 +141,8 @@ def cmd_dev_build(args: argparse.Namespace) -> int:
          "15-30 minutes on 2 cores).")
     tools = toolchain.ensure_toolchain()
     toolchain.ensure_prometheus()
+    toolchain.ensure_node_tools()
+    toolchain.ensure_helm()
     print(f"binaries ready: Kubernetes {tools.k8s_version} under {tools.kubectl.parent}")
     return 0
 
@@ -95,7 +164,12 @@ def cmd_dev_status(args: argparse.Namespace) -> int:
     for c in st:
         mark = "healthy" if c.healthy else ("UNHEALTHY" if c.running else "STOPPED")
         print(f"  {c.name:<24} pid {c.pid!s:<8} {mark:<10} {c.detail}")
-    return 0 if all(c.healthy for c in st) else 1
+    node_ok = True
+    if cluster.state().get("node"):
+        summary = cluster.node_summary()
+        node_ok = summary.startswith("Ready")
+        print(f"  {'node ' + node.NODE_NAME:<24} {'':<12} {summary}")
+    return 0 if all(c.healthy for c in st) and node_ok else 1
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -162,16 +236,25 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dev.add_subparsers(dest="dev_command", required=True)
     for name, func, helptext in (("up", cmd_dev_up, "start (or report) the local cluster"),
                                  ("build", cmd_dev_build, "build or fetch the cluster's binaries (cached)"),
+                                 ("images", cmd_dev_images, "build the sampler and operator images (cached)"),
                                  ("down", cmd_dev_down, "stop the processes the cluster started"),
                                  ("status", cmd_dev_status, "health of each component")):
         sp = dsub.add_parser(name, help=helptext)
         sp.add_argument("--name", default="dev", help="cluster name (state under the cache directory)")
         sp.add_argument("--state-dir", help="state directory (default: <cache>/clusters/<name>)")
+        if name == "images":
+            sp.add_argument("--with-s3", action="store_true",
+                            help="also the S3 server image the fetch-model tests run (make test passes it)")
         if name == "up":
             sp.add_argument("--gpu-nodes", type=int, default=None, help="simulated GPU nodes (default 2)")
             sp.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node (default 8)")
             sp.add_argument("--gpu-product", default=None, help="value of the nvidia.com/gpu.product label")
             sp.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+            sp.add_argument("--real-nodes", type=int, default=1,
+                            help="real worker nodes running containers (containerd, kubelet): 1 (default) or 0 "
+                                 "for simulated nodes only")
+            sp.add_argument("--node-gpus", type=int, default=None,
+                            help="nvidia.com/gpu the real node advertises (default 2; pods run on CPU)")
         sp.set_defaults(func=func)
     return p
 
@@ -180,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ClusterError, toolchain.ToolchainError) as exc:
+    except (ClusterError, toolchain.ToolchainError, node.NodeUnavailable) as exc:
         _say(f"error: {exc}")
         return 1
     except KeyboardInterrupt:

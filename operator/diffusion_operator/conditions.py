@@ -54,6 +54,11 @@ class Reason(enum.StrEnum):
     REPLICAS_NOT_READY = "ReplicasNotReady"
     NO_READY_REPLICAS = "NoReadyReplicas"
     INSUFFICIENT_GPU = "InsufficientGPU"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    CONTAINER_CONFIG_INVALID = "ContainerConfigInvalid"
+    MODEL_FETCH_FAILED = "ModelFetchFailed"
+    OUT_OF_MEMORY = "OutOfMemory"
+    CONTAINER_CRASHING = "ContainerCrashing"
     AS_EXPECTED = "AsExpected"
     # Progressing
     STABLE = "Stable"

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import threading
+from typing import Any, cast
 
 import kopf
 
@@ -82,6 +83,9 @@ def run_kopf(settings: Settings, *, stop_flag: threading.Event | None = None,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         standalone=True,
+        # Kopf would otherwise derive one from getpass.getuser(), which raises in an image whose
+        # uid has no passwd entry (ours runs as 65532, as the chart's securityContext says).
+        identity=cast(Any, settings.identity),  # typed as Kopf's private NewType Identity(str)
         liveness_endpoint=(f"http://{settings.bind}:{settings.liveness_port}/healthz"
                            if settings.liveness_port else None),
         stop_flag=stop_flag,

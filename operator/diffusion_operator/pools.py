@@ -34,6 +34,7 @@ from .conditions import PoolPhase, Reason
 from .errors import DependencyMissing, OperatorError, SpecError, TemporaryError
 from .kube import KubeAPI
 from .models import check_references
+from .pod_health import PodProblem, pods_problem
 from .rollout import state_machine as sm
 from .rollout.checks import check_analysis
 from .rollout.metrics_provider import MetricsProvider, measure
@@ -99,7 +100,8 @@ def reconcile_pool(kube: KubeAPI, pool_obj: dict, *, now: dt.datetime | None = N
         applied = apply_children(kube, pool_obj, resolved, ro)
         pods = kube.select("v1", "Pod", pool_obj["metadata"]["namespace"],
                            {builders.LABEL_POOL: pool_obj["metadata"]["name"]})
-        status, more = pool_status(pool_obj, resolved, ro, applied, unschedulable_gpu(pods, resolved.pool))
+        status, more = pool_status(pool_obj, resolved, ro, applied, unschedulable_gpu(pods, resolved.pool),
+                                   pods_problem(pods))
         return PoolResult(status=status, events=events + more, verdict=verdict)
     except OperatorError as exc:
         return failed_status(pool_obj, exc)
@@ -305,7 +307,7 @@ def unschedulable_gpu(pods: list[dict], pool: PoolSpec) -> str | None:
 
 
 def pool_status(pool_obj: dict, r: Resolved, ro: sm.RolloutStatus, applied: Applied,
-                no_gpu: str | None) -> tuple[dict, list[Event]]:
+                no_gpu: str | None, pod_trouble: PodProblem | None = None) -> tuple[dict, list[Event]]:
     """The pool's whole new status, and the Events its changes deserve. No I/O."""
     meta = pool_obj["metadata"]
     gen = meta.get("generation")
@@ -347,6 +349,13 @@ def pool_status(pool_obj: dict, r: Resolved, ro: sm.RolloutStatus, applied: Appl
         conds = cond.set_condition(conds, cond.DEGRADED, True, Reason.INSUFFICIENT_GPU, no_gpu, gen)
         if (cond.get_condition(old.get("conditions"), cond.DEGRADED) or {}).get("reason") != Reason.INSUFFICIENT_GPU:
             events.append(("Warning", Reason.INSUFFICIENT_GPU, no_gpu))
+    elif pod_trouble and not (rolled_out and ready >= pool.replicas):
+        # The kubelet says why pods do not start: that, not "0/2 ready", is what the SRE needs.
+        phase = PoolPhase.DEGRADED
+        conds = cond.set_condition(conds, cond.READY, False, pod_trouble.reason, pod_trouble.message, gen)
+        conds = cond.set_condition(conds, cond.DEGRADED, True, pod_trouble.reason, pod_trouble.message, gen)
+        if (cond.get_condition(old.get("conditions"), cond.DEGRADED) or {}).get("reason") != pod_trouble.reason:
+            events.append(("Warning", pod_trouble.reason, pod_trouble.message))
     elif rolled_out and ready >= pool.replicas:
         phase = PoolPhase.READY
         conds = cond.set_condition(conds, cond.READY, True, Reason.READY, serving, gen)

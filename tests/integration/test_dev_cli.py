@@ -38,7 +38,8 @@ def _pid_alive(pid: int) -> bool:
 def test_dev_up_status_down(tmp_path, tools):
     state_dir = tmp_path / "devcluster"
     common = ["--name", "clitest", "--state-dir", str(state_dir)]
-    up = _cli("dev", "up", *common, "--gpu-nodes", "1", "--gpus-per-node", "4")
+    # kwok-only here; the real node's `dev up`/`status`/`down` are checked in tests/node
+    up = _cli("dev", "up", *common, "--gpu-nodes", "1", "--gpus-per-node", "4", "--real-nodes", "0")
     assert up.returncode == 0, up.stderr
     assert f"export KUBECONFIG={state_dir / 'kubeconfig'}" in up.stdout
     assert "kubectl get nodes" in up.stdout
@@ -50,7 +51,7 @@ def test_dev_up_status_down(tmp_path, tools):
         ports = set(state["ports"].values())
         assert ports <= _listening_ports()
 
-        again = _cli("dev", "up", *common)
+        again = _cli("dev", "up", *common, "--real-nodes", "0")
         assert again.returncode == 0
         assert "already running" in again.stderr
         assert json.loads((state_dir / "state.json").read_text())["components"]["etcd"]["pid"] == pids["etcd"]
@@ -81,7 +82,7 @@ def test_failed_start_names_component_and_shows_log(tmp_path):
     state_dir.mkdir()
     # etcd refuses a data directory that is a file: the start must fail on etcd and say why.
     (state_dir / "etcd").write_text("not a directory")
-    res = _cli("dev", "up", "--name", "broken", "--state-dir", str(state_dir), "--no-prometheus")
+    res = _cli("dev", "up", "--name", "broken", "--state-dir", str(state_dir), "--no-prometheus", "--real-nodes", "0")
     assert res.returncode == 1
     assert "etcd failed to start" in res.stderr
     assert "last lines of its log" in res.stderr

@@ -24,7 +24,6 @@ from diffusion_operator.devcluster import toolchain
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "diffusion-operator"
 CRDS = REPO / "crds"
-HELM_VERSION = "v3.21.4"
 KUBE_VERSION = "1.31.0"  # helm built by `go install` defaults to an old one; the chart needs >=1.30
 RULES = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
 CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
@@ -192,16 +191,7 @@ def test_schema_rejects_bad_values(patch, bad):
 @pytest.fixture(scope="session")
 def helm() -> Path:
     """helm, built once with ``go install`` into the project cache (about 5 minutes, 2 cores)."""
-    base = toolchain.cache_root() / "helm"
-    binary = base / "bin" / "helm"
-    if not binary.exists():
-        with toolchain._lock("helm"):
-            if not binary.exists():
-                env = toolchain._go_env()
-                env["GOBIN"] = str(base / "bin")
-                toolchain._run(["go", "install", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], env=env,
-                               what="building helm", progress=lambda m: print(m, flush=True))
-    return binary
+    return toolchain.ensure_helm(progress=lambda m: print(m, flush=True))
 
 
 def _helm(helm, *args, check=True):

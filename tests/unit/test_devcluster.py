@@ -93,3 +93,43 @@ def test_version_is_stamped_for_both_version_packages():
     flags = toolchain._version_ldflags("v1.36.3")
     assert "k8s.io/component-base/version.gitVersion=v1.36.3" in flags
     assert "k8s.io/client-go/pkg/version.gitMinor=36" in flags
+
+
+def test_beside_a_real_node_simulated_nodes_take_only_pods_that_opt_in():
+    nodes = manifests.cluster_nodes(1, 8, cpu_nodes=1, opt_in=True)
+    for n in nodes:
+        assert manifests.SIMULATED_TAINT in n["spec"]["taints"]
+    assert all("taints" not in n["spec"] or manifests.SIMULATED_TAINT not in n["spec"]["taints"]
+               for n in manifests.cluster_nodes(1, 8, cpu_nodes=1))
+
+
+def test_real_node_listeners_are_loopback_and_its_network_adds_no_nat(tmp_path):
+    kubelet = manifests.kubelet_config(port=1, healthz_port=2, runtime_socket=tmp_path / "s", ca_cert=tmp_path / "ca",
+                                       root_dir=tmp_path, taints=[])
+    assert kubelet["address"] == kubelet["healthzBindAddress"] == "127.0.0.1"
+    assert kubelet["readOnlyPort"] == 0 and kubelet["authentication"]["anonymous"]["enabled"] is False
+    assert kubelet["failCgroupV1"] is False  # cgroup v1 machines need the opt-in
+    toml = manifests.containerd_config(root=tmp_path / "r", state=tmp_path / "st", socket=tmp_path / "s",
+                                       runc=tmp_path / "runc", runc_root=tmp_path / "rr", cni_bin_dir=tmp_path,
+                                       cni_conf_dir=tmp_path)
+    assert 'stream_server_address = "127.0.0.1"' in toml and f'sandbox_image = "{manifests.PAUSE_IMAGE}"' in toml
+    plugin = manifests.cni_config(tmp_path)["plugins"][0]
+    assert plugin["ipMasq"] is False and plugin["bridge"] == manifests.NODE_BRIDGE
+
+
+def test_client_certificates_carry_the_node_identity(tmp_path):
+    pki.ensure_pki(tmp_path)
+    cert_path, _ = pki.ensure_client_cert(tmp_path, "kubelet", "system:node:localhost", "system:nodes")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:node:localhost"
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:nodes"
+
+
+def test_a_machine_that_cannot_run_containers_is_told_why(tmp_path):
+    from diffusion_operator.devcluster import node
+
+    missing = tmp_path / "no-such-runc"
+    tools = node.NodeTools(containerd=missing, ctr=missing, runc=missing, crictl=missing, cni_bin_dir=tmp_path,
+                           kubelet=missing, kube_proxy=missing, ip=missing, iptables_save=missing)
+    with pytest.raises(node.NodeUnavailable, match="no-such-runc does not run here"):
+        node.preflight(tools)

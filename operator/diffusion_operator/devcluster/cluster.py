@@ -30,11 +30,12 @@ from pathlib import Path
 
 import yaml
 
-from . import manifests, pki, toolchain
+from . import manifests, node, pki, toolchain
 
 Progress = Callable[[str], None]
 REPO_CRDS = Path(__file__).resolve().parents[3] / "crds"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "prometheus")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", *node.NODE_COMPONENTS,
+              "prometheus")
 
 
 class ClusterError(RuntimeError):
@@ -58,6 +59,11 @@ class ClusterConfig:
     prometheus: bool = True
     scrape_interval: str = "5s"
     project_crds: Path | None = REPO_CRDS
+    # A real worker node (containerd, kubelet, kube-proxy) beside the kwok nodes: 0 or 1.
+    real_nodes: int = 0
+    node_gpus: int = 2
+    # Load the sampler and operator images into the real node (the pause image always goes).
+    node_images: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -282,10 +288,15 @@ class LocalCluster:
             "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
             f"--cert-dir={self.dir / 'pki' / 'apiserver-generated'}",
             f"--tls-cert-file={keys.serving_cert}", f"--tls-private-key-file={keys.serving_key}",
-            f"--client-ca-file={keys.ca_cert}", "--authorization-mode=RBAC",
+            f"--client-ca-file={keys.ca_cert}", "--authorization-mode=Node,RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={keys.sa_pub}", f"--service-account-signing-key-file={keys.sa_key}",
             "--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true",
+            "--enable-admission-plugins=NodeRestriction",
+            # logs, exec and port-forward: the apiserver dials the kubelet by the node's Hostname
+            # (the real node is named localhost; its kubelet listens on 127.0.0.1 only).
+            f"--kubelet-client-certificate={keys.admin_cert}", f"--kubelet-client-key={keys.admin_key}",
+            "--kubelet-preferred-address-types=Hostname,InternalIP",
             "--profiling=false", "--event-ttl=1h", "--v=0",
         ], f"{state['server']}/readyz")
         self._wait_healthy(state, "kube-apiserver", 120)
@@ -324,8 +335,10 @@ class LocalCluster:
 
         say(f"adding {self.config.gpu_nodes} simulated GPU node(s) with {self.config.gpus_per_node} GPU(s) each")
         nodes = manifests.cluster_nodes(self.config.gpu_nodes, self.config.gpus_per_node,
-                                        cpu_nodes=self.config.cpu_nodes, gpu_product=self.config.gpu_product)
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
+                                        cpu_nodes=self.config.cpu_nodes, gpu_product=self.config.gpu_product,
+                                        opt_in=self.config.real_nodes > 0)
+        if nodes:
+            self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
 
         say("installing Gateway API and Prometheus Operator CRDs")
         crd_files = [*tools.gateway_api_crds, *tools.monitoring_crds]
@@ -336,7 +349,11 @@ class LocalCluster:
             args += ["-f", str(f)]
         self.kubectl(*args)
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
+        if nodes:
+            self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
+
+        if self.config.real_nodes:
+            self._start_node(state, keys, say)
 
         if self.config.prometheus:
             say("starting Prometheus")
@@ -354,13 +371,99 @@ class LocalCluster:
             state["prometheus_url"] = f"http://127.0.0.1:{ports['prometheus']}"
             self._save(state)
 
+    @property
+    def node_paths(self) -> node.NodePaths:
+        return node.NodePaths(self.dir / "node", toolchain.cache_root() / "node" / "containerd")
+
+    def _start_node(self, state: dict, keys: pki.ClusterPKI, say: Progress) -> None:
+        say("starting the real node (containerd, kubelet, kube-proxy)")
+        ntools = toolchain.ensure_node_tools()
+        node.preflight(ntools)
+        paths = self.node_paths
+        ports = {n: free_port() for n in ("kubelet", "kubelet-healthz", "proxy-healthz", "proxy-metrics")}
+        state["node"] = {"name": node.NODE_NAME, "dir": str(paths.base), "ports": ports,
+                         "created_bridge": node.ensure_bridge(ntools)}
+        self._save(state)
+        files = node.write_configs(paths, ntools, cluster_dir=self.dir, server=state["server"],
+                                   kubelet_port=ports["kubelet"], kubelet_healthz_port=ports["kubelet-healthz"],
+                                   gpus=self.config.node_gpus, gpu_product=self.config.gpu_product)
+        env = dict(os.environ, PATH=f"{ntools.runc.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+        self._spawn(state, "containerd", [str(ntools.containerd), f"--config={files['containerd']}"], None, env=env)
+        comp = state["components"]["containerd"]
+        try:
+            node.wait_containerd(ntools, paths, lambda: _alive(comp["pid"], comp["start_time"]))
+        except node.NodeUnavailable as exc:
+            raise ComponentStartError("containerd", str(exc), _tail(Path(comp["log"]))) from None
+        from . import images  # buildah is only needed when a real node runs
+
+        archives = [images.ensure_pause_image(say).archive, *self.config.node_images]
+        for archive in archives:
+            started = time.monotonic()
+            if node.import_image(ntools, paths, archive):
+                say(f"loaded {archive.name} into the node ({archive.stat().st_size / 2**20:.0f} MiB, "
+                    f"{time.monotonic() - started:.0f} s)")
+        self._spawn(state, "kubelet", node.kubelet_command(ntools, files, paths, self.config.node_gpus,
+                                                           self.config.gpu_product),
+                    f"http://127.0.0.1:{ports['kubelet-healthz']}/healthz", env=env)
+        self._wait_healthy(state, "kubelet", 60)
+        try:
+            deadline = time.monotonic() + 60  # `kubectl wait` fails at once on a node not registered yet
+            while self.kubectl("get", "node", node.NODE_NAME, check=False).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"node {node.NODE_NAME} did not register within 60 s")
+                time.sleep(0.5)
+            self.kubectl("wait", "--for=condition=Ready", f"node/{node.NODE_NAME}", "--timeout=120s", timeout=150)
+        except ClusterError as exc:
+            raise ComponentStartError("kubelet", f"node {node.NODE_NAME} not Ready: {exc}",
+                                      _tail(Path(state["components"]["kubelet"]["log"]))) from None
+        node.advertise_gpus(self.kubectl, self.config.node_gpus)
+        if self.config.node_gpus:
+            # the kubelet derives allocatable from capacity at its next status update
+            deadline = time.monotonic() + 90
+            while self.kubectl("get", "node", node.NODE_NAME, "-o",
+                               "jsonpath={.status.allocatable.nvidia\\.com/gpu}").stdout.strip() != str(
+                                   self.config.node_gpus):
+                if time.monotonic() > deadline:
+                    raise ComponentStartError("kubelet", "the node's allocatable never showed nvidia.com/gpu",
+                                              _tail(Path(state["components"]["kubelet"]["log"])))
+                time.sleep(1)
+        self._spawn(state, "kube-proxy", node.kube_proxy_command(ntools, files, ports["proxy-healthz"],
+                                                                 ports["proxy-metrics"]),
+                    f"http://127.0.0.1:{ports['proxy-healthz']}/healthz", env=env)
+        self._wait_healthy(state, "kube-proxy", 60)
+
+    def node_summary(self) -> str:
+        """One line on the real node: Ready or why not, and the GPUs it advertises."""
+        proc = self.kubectl("get", "node", node.NODE_NAME, "-o", "json", check=False, timeout=15)
+        if proc.returncode != 0:
+            return f"not registered ({proc.stderr.strip()[:120]})"
+        obj = json.loads(proc.stdout)
+        ready: dict = next((c for c in obj["status"].get("conditions", []) if c["type"] == "Ready"), {})
+        gpus = obj["status"].get("allocatable", {}).get("nvidia.com/gpu", "0")
+        head = "Ready" if ready.get("status") == "True" else f"NotReady ({ready.get('reason', 'no status yet')})"
+        info = obj["status"].get("nodeInfo", {})
+        return (f"{head}; nvidia.com/gpu {gpus}; kubelet {info.get('kubeletVersion')}, "
+                f"{info.get('containerRuntimeVersion')}")
+
+    def node_footprint_tools(self) -> node.NodeTools:
+        return toolchain.ensure_node_tools(progress=None)
+
+    def node_footprint(self) -> node.Footprint:
+        """What the real node has on this machine now (processes, mounts, links, netns, chains)."""
+        return node.footprint(self.node_footprint_tools(), self.node_paths.base)
+
     # --- stop ------------------------------------------------------------------------------
     def down(self, timeout: float = 15) -> list[str]:
         """Stop exactly the processes this cluster started (recorded pid and start time)."""
         state = self.state()
         stopped = []
+        ntools = toolchain.ensure_node_tools(progress=None) if state.get("node") else None
         for name in reversed(COMPONENTS):
             comp = state.get("components", {}).get(name)
+            if name == "containerd" and ntools and comp and _alive(comp.get("pid"), comp.get("start_time")):
+                # kubelet is stopped by now: remove every pod through the CRI so CNI tears down
+                # its veth and network namespace before containerd goes.
+                node.remove_pods(ntools, self.node_paths)
             if not comp or not _alive(comp.get("pid"), comp.get("start_time")):
                 continue
             pid = comp["pid"]
@@ -381,8 +484,11 @@ class LocalCluster:
                         break
                     time.sleep(0.1)
             stopped.append(name)
+        if ntools:
+            node.cleanup(ntools, self.node_paths, created_bridge=state["node"].get("created_bridge", False))
         if state:
             state["components"] = {}
+            state.pop("node", None)
             self._save(state)
         return stopped
 

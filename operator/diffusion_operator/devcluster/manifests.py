@@ -14,13 +14,19 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 DEFAULT_GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 
 
+SIMULATED_TAINT = {"key": KWOK_ANNOTATION, "value": "fake", "effect": "NoSchedule"}
+
+
 def simulated_node(name: str, *, gpus: int = 0, gpu_resource: str = "nvidia.com/gpu",
-                   gpu_product: str = DEFAULT_GPU_PRODUCT, cpu: str = "64", memory: str = "512Gi") -> dict:
+                   gpu_product: str = DEFAULT_GPU_PRODUCT, cpu: str = "64", memory: str = "512Gi",
+                   opt_in: bool = False) -> dict:
     """A Node object that kwok manages (by annotation) and the real scheduler places pods on.
 
     GPU nodes carry the GPU resource, the product label that NVIDIA's GPU feature discovery
     sets, and the conventional ``nvidia.com/gpu:NoSchedule`` taint, so only pods that
-    tolerate it land there. CPU-only nodes (``gpus=0``) are untainted.
+    tolerate it land there. CPU-only nodes (``gpus=0``) are untainted. ``opt_in`` adds the
+    ``kwok.x-k8s.io/node=fake:NoSchedule`` taint: beside a real node, only pods that tolerate it
+    (scale benchmarks) land on a simulated one.
     """
     capacity = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "1Ti"}
     labels = {
@@ -36,6 +42,8 @@ def simulated_node(name: str, *, gpus: int = 0, gpu_resource: str = "nvidia.com/
         labels[GPU_PRODUCT_LABEL] = gpu_product
         labels["nvidia.com/gpu.count"] = str(gpus)
         spec["taints"] = [{"key": GPU_TAINT_KEY, "value": "present", "effect": "NoSchedule"}]
+    if opt_in:
+        spec["taints"] = [*spec.get("taints", []), dict(SIMULATED_TAINT)]
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -51,9 +59,10 @@ def simulated_node(name: str, *, gpus: int = 0, gpu_resource: str = "nvidia.com/
 
 
 def cluster_nodes(gpu_nodes: int, gpus_per_node: int, *, cpu_nodes: int = 1,
-                  gpu_product: str = DEFAULT_GPU_PRODUCT) -> list[dict]:
-    nodes = [simulated_node(f"gpu-node-{i}", gpus=gpus_per_node, gpu_product=gpu_product) for i in range(gpu_nodes)]
-    nodes += [simulated_node(f"cpu-node-{i}") for i in range(cpu_nodes)]
+                  gpu_product: str = DEFAULT_GPU_PRODUCT, opt_in: bool = False) -> list[dict]:
+    nodes = [simulated_node(f"gpu-node-{i}", gpus=gpus_per_node, gpu_product=gpu_product, opt_in=opt_in)
+             for i in range(gpu_nodes)]
+    nodes += [simulated_node(f"cpu-node-{i}", opt_in=opt_in) for i in range(cpu_nodes)]
     return nodes
 
 
@@ -101,4 +110,117 @@ def prometheus_config(scrape_interval: str, targets_dir: Path, self_port: int) -
             {"job_name": "local",
              "file_sd_configs": [{"files": [str(targets_dir / "*.json")], "refresh_interval": "1s"}]},
         ],
+    }
+
+
+# --- the real worker node ----------------------------------------------------------------------
+# Pod addresses of the real node: a bridge on this machine holds the gateway, so pod IPs are
+# reachable from here (curl, the ClusterIP through kube-proxy) and from nowhere else.
+NODE_BRIDGE = "dfn0"
+NODE_POD_SUBNET = "10.89.0.0/24"
+NODE_BRIDGE_IP = "10.89.0.1"
+NODE_CNI_NETWORK = "diffusion-node"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+
+
+def containerd_config(*, root: Path, state: Path, socket: Path, runc: Path, runc_root: Path, cni_bin_dir: Path,
+                      cni_conf_dir: Path) -> str:
+    """containerd 1.6's config (version 2): every path under the node's own directories, the
+    CRI streaming server (port-forward, exec) on 127.0.0.1, cgroupfs (cgroup v1, no systemd),
+    and the pause image we build locally, since no registry is reachable."""
+    return f"""version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
+                    "io.containerd.internal.v1.opt", "io.containerd.tracing.processor.v1.otlp"]
+
+[grpc]
+  address = "{socket}"
+
+[ttrpc]
+  address = "{socket}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  max_container_log_line_size = 16384
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    discard_unpacked_layers = false
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "{runc}"
+        Root = "{runc_root}"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni_bin_dir}"
+    conf_dir = "{cni_conf_dir}"
+    max_conf_num = 1
+"""
+
+
+def cni_config(ipam_dir: Path) -> dict:
+    """A bridge network with host-local addresses; no masquerade and no port mapping, so the
+    plugins add no iptables rules (nothing to clean up but the bridge and its veths)."""
+    return {
+        "cniVersion": "1.0.0",
+        "name": NODE_CNI_NETWORK,
+        "plugins": [{
+            "type": "bridge", "bridge": NODE_BRIDGE, "isGateway": True, "ipMasq": False, "hairpinMode": True,
+            "ipam": {"type": "host-local", "dataDir": str(ipam_dir),
+                     "ranges": [[{"subnet": NODE_POD_SUBNET, "gateway": NODE_BRIDGE_IP}]],
+                     "routes": [{"dst": "0.0.0.0/0"}]},
+        }],
+    }
+
+
+def kubelet_config(*, port: int, healthz_port: int, runtime_socket: Path, ca_cert: Path, root_dir: Path,
+                   taints: list[dict], max_pods: int = 32) -> dict:
+    """KubeletConfiguration for the real node: loopback listeners, x509 authentication against
+    the cluster CA (only the apiserver's client certificate reaches it), cgroup v1 by opt-in,
+    no image garbage collection (our images cannot be pulled back) and eviction thresholds
+    that a developer's nearly-full disk does not trip."""
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": "127.0.0.1",
+        "port": port,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": healthz_port,
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
+                           "x509": {"clientCAFile": str(ca_cert)}},
+        "authorization": {"mode": "AlwaysAllow"},
+        "containerRuntimeEndpoint": f"unix://{runtime_socket}",
+        "cgroupDriver": "cgroupfs",
+        "failCgroupV1": False,
+        "failSwapOn": False,
+        "clusterDomain": "cluster.local",
+        "registerWithTaints": taints,
+        "maxPods": max_pods,
+        "serializeImagePulls": False,
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
+                         "nodefs.inodesFree": "1%"},
+        "syncFrequency": "10s",
+        "fileCheckFrequency": "10s",
+        "nodeStatusReportFrequency": "30s",
+        "shutdownGracePeriod": "0s",
+        "localStorageCapacityIsolation": True,
+        "resolvConf": "/etc/resolv.conf",
+        "volumePluginDir": str(root_dir / "volume-plugins"),
     }

@@ -107,3 +107,19 @@ def ensure_pki(directory: Path, service_ip: str = "10.96.0.1") -> ClusterPKI:
     pki.sa_pub.write_bytes(sa_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                             serialization.PublicFormat.SubjectPublicKeyInfo))
     return pki
+
+
+def ensure_client_cert(directory: Path, name: str, common_name: str, org: str | None = None) -> tuple[Path, Path]:
+    """A client certificate signed by the cluster CA (the kubelet's ``system:node:<name>`` in
+    ``system:nodes``, kube-proxy's ``system:kube-proxy``). Reused when it already exists."""
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    ca = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    key = _key()
+    cert = _cert(_name(common_name, org), key, ca.subject, ca_key, ca=False,
+                 usages=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    _write_key(key_path, key)
+    _write_cert(cert_path, cert)
+    return cert_path, key_path

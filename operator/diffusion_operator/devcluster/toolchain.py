@@ -37,7 +37,7 @@ GATEWAY_API_VERSION = "v1.6.1"
 PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 # trixie pins etcd 3.5.16 and prometheus 2.53; sid is the fallback when trixie lacks a package.
 DEBIAN_SUITES = ("trixie", "sid")
-K8S_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+K8S_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy")
 KWOK_STAGES = (
     "node/fast/node-initialize.yaml",
     "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
@@ -179,6 +179,8 @@ import (
 \t_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 \t_ "k8s.io/kubernetes/cmd/kube-scheduler"
 \t_ "k8s.io/kubernetes/cmd/kubectl"
+\t_ "k8s.io/kubernetes/cmd/kubelet"
+\t_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 """
 
@@ -213,6 +215,8 @@ def ensure_kubernetes(version: str = K8S_VERSION, progress: Progress | None = _s
         _run(["go", "mod", "tidy", "-e"], cwd=work, env=env, what="resolving Kubernetes dependencies",
              progress=progress)
         partial = bindir.with_name("bin.partial")
+        if bindir.exists() and not partial.exists():
+            bindir.rename(partial)  # a cache from before a binary was added: build only what is missing
         partial.mkdir(parents=True, exist_ok=True)
         for i, name in enumerate(K8S_BINARIES, 1):
             if (partial / name).exists():
@@ -369,3 +373,108 @@ def ensure_toolchain(progress: Progress | None = _stderr_progress) -> Toolchain:
         gateway_api_crds=gateway,
         monitoring_crds=monitoring,
     )
+
+
+# --- the real node and the image builder --------------------------------------------------------
+CRICTL_VERSION = "v1.37.0"
+# Debian bookworm's packages. containerd 1.6 is the one Kubernetes 1.36 still accepts: its kubelet
+# falls back to the configured cgroup driver for runtimes without the RuntimeConfig RPC (the
+# fallback goes in 1.37/1.38, when containerd 2.x must be built from the Go module proxy instead).
+NODE_PACKAGES = {
+    "containerd": "/usr/bin/containerd",
+    "runc": "/usr/sbin/runc",
+    "containernetworking-plugins": "/usr/lib/cni/bridge",
+    "iptables": "/usr/sbin/iptables-save",
+    "conntrack": "/usr/sbin/conntrack",
+    "iproute2": "/usr/sbin/ip",
+}
+IMAGE_PACKAGES = {
+    "buildah": "/usr/bin/buildah",
+    "mmdebstrap": "/usr/bin/mmdebstrap",
+    "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",
+    "gcc": "/usr/bin/gcc",
+}
+
+
+def ensure_system_packages(packages: dict[str, str], progress: Progress | None = _stderr_progress) -> None:
+    """Install missing Debian packages system-wide (a container runtime cannot run from a
+    ``dpkg -x`` tree: it needs its shims, configs and libraries where they expect them)."""
+    missing = sorted(pkg for pkg, path in packages.items() if not Path(path).exists())
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise ToolchainError(f"missing Debian packages {', '.join(missing)}; install them as root "
+                             f"(apt-get install {' '.join(missing)}) or use --real-nodes 0")
+    with _lock("apt-install"):
+        missing = sorted(pkg for pkg, path in packages.items() if not Path(path).exists())
+        if not missing:
+            return
+        if progress:
+            progress(f"Installing Debian packages {', '.join(missing)} (first run only)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        try:
+            _run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env,
+                 what="installing Debian packages", progress=progress)
+        except ToolchainError:
+            _run(["apt-get", "update"], env=env, what="apt-get update", progress=progress)
+            _run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env,
+                 what="installing Debian packages", progress=progress)
+
+
+def ensure_go_binary(module_path: str, version: str, name: str, progress: Progress | None = _stderr_progress,
+                     base: Path | None = None) -> Path:
+    """``go install module@version`` once, into ``base`` (default ``<cache>/go-bin/<name>-<version>``)."""
+    base = base or cache_root() / "go-bin" / f"{name}-{version}"
+    binary = base / name
+    if binary.exists():
+        return binary
+    with _lock(f"go-{name}"):
+        if not binary.exists():
+            if progress:
+                progress(f"Building {name} {version} from the Go module proxy (first run only)")
+            env = _go_env()
+            env["GOBIN"] = str(base)
+            _run(["go", "install", "-trimpath", "-ldflags=-s -w", f"{module_path}@{version}"], env=env,
+                 what=f"building {name}", progress=progress)
+    return binary
+
+
+def ensure_node_tools(progress: Progress | None = _stderr_progress):
+    """Everything the real worker node runs (see ``node``)."""
+    from .node import NodeTools  # the node module imports nothing from here at import time
+
+    ensure_system_packages(NODE_PACKAGES, progress)
+    k8s = ensure_kubernetes(K8S_VERSION, progress)
+    return NodeTools(
+        containerd=Path(NODE_PACKAGES["containerd"]), ctr=Path("/usr/bin/ctr"), runc=Path(NODE_PACKAGES["runc"]),
+        crictl=ensure_go_binary("sigs.k8s.io/cri-tools/cmd/crictl", CRICTL_VERSION, "crictl", progress),
+        cni_bin_dir=Path(NODE_PACKAGES["containernetworking-plugins"]).parent,
+        kubelet=k8s / "kubelet", kube_proxy=k8s / "kube-proxy", ip=Path(NODE_PACKAGES["iproute2"]),
+        iptables_save=Path(NODE_PACKAGES["iptables"]))
+
+
+def pause_source(version: str = K8S_VERSION) -> Path:
+    """``build/pause/linux/pause.c`` from the Kubernetes module: the sandbox image's one binary."""
+    path = go_module_dir("k8s.io/kubernetes", version) / "build" / "pause" / "linux" / "pause.c"
+    if not path.exists():
+        raise ToolchainError(f"k8s.io/kubernetes@{version} has no build/pause/linux/pause.c")
+    return path
+
+
+HELM_VERSION = "v3.21.4"
+
+
+def ensure_helm(progress: Progress | None = _stderr_progress) -> Path:
+    """helm, built with ``go install`` (no replace directives; not in Debian), about 5 minutes
+    cold on 2 cores."""
+    return ensure_go_binary("helm.sh/helm/v3/cmd/helm", HELM_VERSION, "helm", progress,
+                            base=cache_root() / "helm" / "bin")
+
+
+# A real S3-compatible server for the fetch-model tests (MinIO has no semver tags on the Go
+# module proxy; Versity's gateway serves a directory over the S3 API).
+VERSITYGW_VERSION = "v1.8.0"
+
+
+def ensure_versitygw(progress: Progress | None = _stderr_progress) -> Path:
+    return ensure_go_binary("github.com/versity/versitygw/cmd/versitygw", VERSITYGW_VERSION, "versitygw", progress)

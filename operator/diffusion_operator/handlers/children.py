@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from .. import builders
+from ..pod_health import pod_problem
 from ..pools import POOL_API, unschedulable_message
 from . import inferencepool
 from .runtime import OperatorState, owner_pool_key
@@ -93,8 +94,8 @@ def _child_handler(kind: str):
 
 
 def pod_event(body, memo: kopf.Memo, type, **_) -> None:
-    """Pods are cached for the GPU-shortage check; a pod turning unschedulable (or leaving
-    that state) re-runs its pool."""
+    """Pods are cached for the GPU-shortage and pod-health checks; a pod turning unschedulable,
+    or its containers failing for a new reason (or recovering), re-runs its pool."""
     state: OperatorState = memo.state
     body = dict(body)
     meta = body["metadata"]
@@ -104,8 +105,15 @@ def pod_event(body, memo: kopf.Memo, type, **_) -> None:
         return
     was = before is not None and unschedulable_message(before) is not None
     now = type != "DELETED" and unschedulable_message(body) is not None
-    if was != now:
+    trouble_was = _problem_reason(before)
+    trouble_now = _problem_reason(body) if type != "DELETED" else None
+    if was != now or trouble_was != trouble_now:
         _reconcile_owner(state, body)
+
+
+def _problem_reason(pod: dict | None) -> str | None:
+    problem = pod_problem(pod) if pod is not None else None
+    return problem.reason if problem else None
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

@@ -6,7 +6,9 @@ at startup from ``memo.settings`` and closed at cleanup, so nothing outlives the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 
 import kopf
 from kubernetes import client, config
@@ -19,9 +21,15 @@ log = logging.getLogger("diffusion_operator.lifecycle")
 
 
 def login(memo: kopf.Memo, **kwargs):
-    """In a pod: the ServiceAccount. Elsewhere: the settings' kubeconfig (or $KUBECONFIG)."""
+    """In a pod: the ServiceAccount, at the address the kubelet gives every pod
+    (``KUBERNETES_SERVICE_HOST``/``PORT``, as client-go's in-cluster config reads it; Kopf's own
+    helper assumes ``kubernetes.default.svc`` resolves). Elsewhere: the settings' kubeconfig
+    (or $KUBECONFIG)."""
     info = kopf.login_with_service_account(**kwargs)
     if info is not None:
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+        if host and port:
+            info = dataclasses.replace(info, server=f"https://{f'[{host}]' if ':' in host else host}:{port}")
         return info
     settings: Settings = memo.settings
     if not settings.kubeconfig:
