@@ -311,15 +311,11 @@ def drop_chains(tools: NodeTools) -> None:
             for rule in re.findall(r"^-A (.+)$", dump, re.M):
                 chain = rule.split()[0]
                 if chain not in chains and any(f"-j {c}" in rule or f"-g {c}" in rule for c in chains):
-                    subprocess.run([str(sbin / cmd), "-t", table, "-D", *_split_rule(rule)], capture_output=True)
+                    subprocess.run([str(sbin / cmd), "-t", table, "-D", *shlex.split(rule)], capture_output=True)
             for c in chains:
                 subprocess.run([str(sbin / cmd), "-t", table, "-F", c], capture_output=True)
             for c in chains:
                 subprocess.run([str(sbin / cmd), "-t", table, "-X", c], capture_output=True)
-
-
-def _split_rule(rule: str) -> list[str]:
-    return shlex.split(rule)
 
 
 def cleanup(tools: NodeTools, paths: NodePaths, *, created_bridge: bool) -> None:
