@@ -1,7 +1,20 @@
 #!/usr/bin/env python3
 """Rollout timing: how fast a faulty canary is rolled back, and how often a healthy one is.
 
-Everything real except Kubernetes: a Prometheus of its own (1 s scrapes), sampler processes on
+Two modes, the same runs and tables:
+
+- ``--data-plane gateway`` (default): everything through Kubernetes. A local cluster of its
+  own with the real node (one per machine: stop a running ``dev`` cluster first), the operator
+  in this process (1 s tick, as in tests/e2e), one pool whose revisions run as pods of the
+  operator's Deployments, load through Traefik by the HTTPRoute the operator writes, Prometheus
+  discovering the pods. Faults are model revisions with the sampler's test-only
+  ``spec.faultInjection``; each run rolls out a new revision on the same pool (a distinct
+  ``defaults.guidanceScale`` keeps revisions, and so series, apart). A run that the analysis
+  does not end within the horizon is aborted (SRE action) and counted as held.
+- ``--data-plane direct``: the decision alone, as measured first (described below): no
+  Kubernetes, the load generator splits requests itself. Kept to show what the cluster adds.
+
+Direct mode: everything real except Kubernetes: a Prometheus of its own (1 s scrapes), sampler processes on
 the tiny model (``python -m diffusion_sampler``, faults injected with SAMPLER_FAULT_ERROR_RATE),
 the operator's decision code as the operator runs it (``rollout.metrics_provider.measure`` ->
 ``verdict.decide`` -> ``state_machine.transition``, driven on a 1 s tick like the operator's
@@ -33,12 +46,14 @@ healthy runs, a 5th failed check within the rollout counts as a Flagger false ro
 Each run gets fresh series: the samplers' target files are rewritten with a new ``run`` label
 and the analysis selects it (``extraSelector``), as the e2e tests do with ``namespace``.
 
-    .venv/bin/python benchmarks/rollout_timing.py            # ~12 minutes on 2 busy cores
+    .venv/bin/python benchmarks/rollout_timing.py                       # gateway, ~20 minutes
+    .venv/bin/python benchmarks/rollout_timing.py --data-plane direct   # ~12 minutes on 2 busy cores
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -54,7 +69,7 @@ sys.path.insert(0, str(REPO))
 from diffusion_operator.rollout import state_machine as sm  # noqa: E402
 from diffusion_operator.rollout.metrics_provider import PrometheusProvider, measure  # noqa: E402
 from diffusion_operator.rollout.verdict import AnalysisConfig, Outcome, decide  # noqa: E402
-from tests.support.load import LoadGenerator  # noqa: E402
+from tests.support.direct_load import LoadGenerator  # noqa: E402
 from tests.support.prometheus import PrometheusServer, TargetFile, wait_scraped  # noqa: E402
 from tests.support.samplers import build_tiny_model, start_samplers  # noqa: E402
 
@@ -152,24 +167,137 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--interval", type=int, default=2, help="analysis interval, seconds (default 2)")
-    ap.add_argument("--short-window-intervals", type=int, default=4, help="short window in intervals (default 4)")
-    ap.add_argument("--min-requests", type=int, default=5)
-    ap.add_argument("--rps", type=float, default=10.0, help="requests per second over both revisions")
-    ap.add_argument("--fault-rates", default="5,10,30", help="faults, in multiples of the error budget")
-    ap.add_argument("--fault-runs", type=int, default=3, help="runs per fault rate")
-    ap.add_argument("--horizon", type=float, default=60.0, help="seconds a fault run may take before 'held'")
-    ap.add_argument("--healthy-runs", type=int, default=10)
-    ap.add_argument("--model-dir", type=Path, help="tiny model directory (built when missing)")
-    args = ap.parse_args(argv)
+def gateway_run(scenario, *, kind: str, index: int, error_rate: float, steps: list[tuple[int, int]],
+                horizon_s: float) -> RunResult:
+    """One rollout on the cluster: set the steps, roll out a new revision failing ``error_rate``
+    of its requests, follow the pool until the operator ends it (or abort at the horizon)."""
+    from diffusion_operator.plugin import ACTION_ANNOTATION
+    from tests.support.rollouts import POOL as SCENARIO_POOL
 
+    scenario.kubectl("patch", "inferencepool", SCENARIO_POOL, "--type=merge", "-p", json.dumps(
+        {"spec": {"rollout": {"steps": [{"weight": w, "pauseSeconds": p} for w, p in steps]}}}))
+    before = scenario.rollout()
+    stable = before.get("stableRevision")
+    n_history = len(before.get("history") or [])
+    patch = {"spec": {"defaults": {"guidanceScale": round(7.5 + 0.01 * index, 2)},
+                      "faultInjection": {"errorRate": error_rate}}}
+    scenario.stable_rev = stable
+    canary = scenario.start_rollout(patch)
+    result = RunResult(kind, "Held", "", None, None)
+    seen_at: set[str] = set()
+    deadline = None
+    aborted = False
+    while True:
+        ro = scenario.rollout()
+        a = ro.get("lastAnalysis") or {}
+        if a.get("at") and a["at"] not in seen_at and ro.get("canaryRevision") == canary:
+            seen_at.add(a["at"])
+            result.analyses += 1
+            # Flagger's check in the shadow: success rate over the fastest pair's short window below
+            # 99 %, i.e. its availability short burn above 1 at objective 99 %.
+            avail = [b for b in a.get("burnRates") or [] if b.get("sli") == "availability"]
+            fastest = min(avail, key=lambda b: b["shortWindowSeconds"], default=None)
+            if fastest and fastest.get("shortBurnRate") is not None and fastest["shortBurnRate"] > 1 \
+                    and a.get("outcome") != "error":
+                result.flagger_failed_checks += 1
+                if result.flagger_first_fail_at is None:
+                    result.flagger_first_fail_at = time.time()
+                if result.flagger_failed_checks == FLAGGER_THRESHOLD and result.flagger_rollback_at is None:
+                    result.flagger_rollback_at = time.time()
+            if a.get("outcome") == "fail":
+                trip = [b for b in avail if b.get("state") == "tripped"]
+                if trip:
+                    result.decisive_pair = (f"{trip[0]['factor']:g}x {trip[0]['longWindowSeconds']}s/"
+                                            f"{trip[0]['shortWindowSeconds']}s")
+        history = ro.get("history") or []
+        if len(history) > n_history and history[-1].get("canaryRevision") == canary:
+            last = history[-1]
+            result.outcome = {"Promoted": sm.Phase.SUCCEEDED, "RolledBack": sm.Phase.ROLLED_BACK}.get(
+                last["outcome"], last["outcome"])
+            if aborted:
+                result.outcome = "Held"
+            result.reason = last.get("reason") or ""
+            result.ended = datetime.fromisoformat(last["finishedAt"].replace("Z", "+00:00")).timestamp()
+            break
+        if deadline is None and ro.get("canaryWeight"):
+            deadline = time.monotonic() + horizon_s
+        if deadline is not None and time.monotonic() > deadline and not aborted:
+            scenario.kubectl("annotate", "--overwrite", "inferencepool", SCENARIO_POOL,
+                             f"{ACTION_ANNOTATION}=abort@bench-{index}")
+            aborted = True
+        time.sleep(0.5)
+    assert scenario.load is not None
+    result.fault_start = scenario.load.first_answer.get(canary)
+    result.canary_requests = sum(scenario.load.codes[canary].values())
+    return result
+
+
+def gateway_main(args) -> tuple[dict[float, list[RunResult]], list[RunResult]]:
+    from diffusion_operator.cli import DEV_MODEL_DIR, _ensure_dev_model
+    from diffusion_operator.devcluster import images, toolchain
+    from diffusion_operator.devcluster.cluster import ClusterConfig, LocalCluster
+    from tests.conftest import operator_kubeconfig_for
+    from tests.support.operator_control import OperatorProcess
+    from tests.support.rollouts import DM_SPEC, Scenario, rollout_spec
+
+    work = Path(tempfile.mkdtemp(prefix="rollout-timing-"))
+    _ensure_dev_model()
+    archives = tuple(i.archive for i in images.ensure_images() if i.name != images.PAUSE_IMAGE)
+    cluster = LocalCluster(ClusterConfig(name="bench-rollout-timing", state_dir=work / "cluster", gpu_nodes=0,
+                                         cpu_nodes=0, real_nodes=1, gateway=True, scrape_interval="1s",
+                                         node_images=archives), toolchain.ensure_toolchain())
+    t0 = time.monotonic()
+    cluster.up(progress=lambda m: print(f"# [cluster] {m}", flush=True))
+    op = None
+    faults: dict[float, list[RunResult]] = {}
+    healthy: list[RunResult] = []
+    budget = 1 - OBJECTIVE
+    try:
+        op = OperatorProcess(operator_kubeconfig_for(cluster, work), allow_file_sources=True,
+                             allow_fault_injection=True, sampler_image=images.SAMPLER_IMAGE).start()
+        cluster.kubectl("create", "namespace", "bench")
+        scenario = Scenario(cluster, "bench", f"file://{DEV_MODEL_DIR}")
+        import tests.support.rollouts as ro_mod
+        spec = rollout_spec([(25, 4), (50, 4), (100, 4)], min_requests=args.min_requests)
+        spec["analysis"].update(intervalSeconds=args.interval, shortWindowIntervals=args.short_window_intervals)
+        scenario.create(spec, prometheus_url=cluster.prometheus_url)
+        base = {**DM_SPEC, "faultInjection": {"errorRate": BACKGROUND_ERROR_RATE}}
+        scenario.kubectl("patch", "diffusionmodel", ro_mod.MODEL, "--type=merge", "-p",
+                         json.dumps({"spec": base}))
+        scenario.wait(lambda r, p: p["status"].get("phase") == "Ready", timeout=300, what="the background revision")
+        scenario.serve(cluster.prometheus_url, rps=args.rps)
+        print(f"# cluster, pool and load ready in {time.monotonic() - t0:.0f}s; Gateway {cluster.gateway_url}",
+              flush=True)
+        index = 0
+        for r in [float(x) for x in args.fault_rates.split(",") if x]:
+            for i in range(args.fault_runs):
+                index += 1
+                res = gateway_run(scenario, kind=f"{r:g}x", index=index, error_rate=r * budget,
+                                  steps=[(25, int(args.horizon) + 60), (100, 5)], horizon_s=args.horizon)
+                faults.setdefault(r, []).append(res)
+                took = None if res.ended is None or res.fault_start is None else res.ended - res.fault_start
+                print(f"# fault {r:g}x run {i + 1}: {res.outcome} {res.reason} after {fmt(took)}s "
+                      f"({res.decisive_pair})", flush=True)
+        for i in range(args.healthy_runs):
+            index += 1
+            res = gateway_run(scenario, kind="healthy", index=index, error_rate=BACKGROUND_ERROR_RATE,
+                              steps=[(25, 4), (50, 4), (100, 4)], horizon_s=120)
+            healthy.append(res)
+            print(f"# healthy run {i + 1}: {res.outcome} {res.reason}; flagger failed checks "
+                  f"{res.flagger_failed_checks}", flush=True)
+    finally:
+        if op is not None:
+            op.stop()
+        cluster.down()
+    return faults, healthy
+
+
+def direct_main(args) -> tuple[dict[float, list[RunResult]], list[RunResult]]:
     from diffusion_operator.devcluster import toolchain
 
     work = Path(tempfile.mkdtemp(prefix="rollout-timing-"))
     model = build_tiny_model(args.model_dir or work / "tiny-sd")
-    prom = PrometheusServer(toolchain.ensure_prometheus()[0], work / "prometheus").start()
+    prom = PrometheusServer(toolchain.ensure_prometheus()[0], work / "prometheus", file_targets=True).start()
     budget = 1 - OBJECTIVE
     rates = [float(r) for r in args.fault_rates.split(",") if r]
     bg = {"SAMPLER_FAULT_ERROR_RATE": str(BACKGROUND_ERROR_RATE)}
@@ -208,9 +336,30 @@ def main(argv: list[str] | None = None) -> int:
         for p in procs.values():
             p.stop()
         prom.stop()
+    return faults, healthy
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-plane", choices=("gateway", "direct"), default="gateway",
+                    help="gateway: pods, Traefik and the operator on a local cluster; direct: the decision alone")
+    ap.add_argument("--interval", type=int, default=2, help="analysis interval, seconds (default 2)")
+    ap.add_argument("--short-window-intervals", type=int, default=4, help="short window in intervals (default 4)")
+    ap.add_argument("--min-requests", type=int, default=5)
+    ap.add_argument("--rps", type=float, default=10.0, help="requests per second over both revisions")
+    ap.add_argument("--fault-rates", default="5,10,30", help="faults, in multiples of the error budget")
+    ap.add_argument("--fault-runs", type=int, default=3, help="runs per fault rate")
+    ap.add_argument("--horizon", type=float, default=60.0, help="seconds a fault run may take before 'held'")
+    ap.add_argument("--healthy-runs", type=int, default=10)
+    ap.add_argument("--model-dir", type=Path, help="direct: tiny model directory (built when missing)")
+    args = ap.parse_args(argv)
+    started = time.monotonic()
+    faults, healthy = gateway_main(args) if args.data_plane == "gateway" else direct_main(args)
+    budget = 1 - OBJECTIVE
 
     short_s = args.interval * args.short_window_intervals
     print()
+    print(f"Data plane: {args.data_plane}; whole run {(time.monotonic() - started) / 60:.1f} min.")
     print(f"Analysis every {args.interval}s, short window {short_s}s (pairs 14.4x {12 * short_s}s/{short_s}s, "
           f"6x {72 * short_s}s/{6 * short_s}s, 1x {864 * short_s}s/{72 * short_s}s), objective {OBJECTIVE:.0%}, "
           f"{args.rps:g} req/s, canary at 25%, minRequests {args.min_requests}; 1 s scrapes, 1 s tick.")

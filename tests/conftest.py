@@ -1,7 +1,14 @@
-"""Shared fixtures: the real local cluster (session-scoped) and a namespace per test.
+"""Shared fixtures: the real local clusters (session-scoped) and a namespace per test.
 
-The cluster is the same code as ``diffusion-operator dev up``, started in a temporary state
-directory on free ports, so it never collides with a developer's running ``dev`` cluster.
+Both clusters are the same code as ``diffusion-operator dev up``, started in temporary state
+directories on free ports, so they never collide with a developer's running ``dev`` cluster:
+
+- ``cluster``: kwok's simulated GPU nodes only (pods become Ready without running), for the
+  integration tier's many pools;
+- ``node_cluster``: the real node (containerd, kubelet, kube-proxy) running our images, Traefik
+  as the Gateway API data plane and Prometheus discovering pods, for the e2e and node tiers.
+  One per machine (the node owns a bridge and iptables chains), shared by both tiers;
+  tests/node/test_zz_down.py stops it last.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffusion_operator.devcluster import toolchain
+from diffusion_operator.cli import DEV_MODEL_DIR, _ensure_dev_model
+from diffusion_operator.devcluster import images, toolchain
 from diffusion_operator.devcluster.cluster import ClusterConfig, LocalCluster
 from tests.support.operator_control import OperatorProcess
 
@@ -99,3 +107,36 @@ def operator(operator_kubeconfig):
         yield op
     finally:
         op.stop()
+
+
+@pytest.fixture(scope="session")
+def node_images() -> list[images.BuiltImage]:
+    """Built by ``diffusion-operator dev images`` (``make test`` runs it first: the cold build
+    outlasts any test timeout); here only taken from the cache."""
+    return images.ensure_images(s3=True)
+
+
+#: GPUs the real node advertises in tests: a rollout's two revisions, plus the pods of the
+#: previous test's namespace while they terminate.
+NODE_GPUS = 4
+
+
+@pytest.fixture(scope="session")
+def node_cluster(tmp_path_factory, tools, node_images):
+    state = tmp_path_factory.mktemp("node-cluster")
+    archives = tuple(img.archive for img in node_images if img.name != images.PAUSE_IMAGE)
+    c = LocalCluster(ClusterConfig(name=f"node-{os.getpid()}", state_dir=state, gpu_nodes=0, cpu_nodes=0,
+                                   real_nodes=1, node_gpus=NODE_GPUS, gateway=True, scrape_interval="1s",
+                                   project_crds=REPO / "crds", node_images=archives), tools)
+    c.up(progress=lambda m: print(f"[node-cluster] {m}", flush=True))
+    try:
+        yield c
+    finally:
+        c.down()
+
+
+@pytest.fixture(scope="session")
+def dev_model() -> str:
+    """examples/dev's model, where its file:// source points (what `dev up` writes)."""
+    _ensure_dev_model()
+    return str(DEV_MODEL_DIR)

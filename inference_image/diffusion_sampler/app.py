@@ -99,12 +99,16 @@ class Gateway:
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
+        # Which revision answered: behind a weighted route a client (or an SRE with curl) can
+        # tell the canary's answers from the stable's.
+        served_by = [(b"x-request-id", request_id.encode()),
+                     (b"x-diffusion-revision", st.settings.revision.encode("latin-1", "replace"))]
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 message = dict(message)
-                message["headers"] = list(message.get("headers", [])) + [(b"x-request-id", request_id.encode())]
+                message["headers"] = list(message.get("headers", [])) + served_by
             await send(message)
 
         st.inflight += 1

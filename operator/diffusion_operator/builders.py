@@ -93,6 +93,12 @@ def sampler_env(pool_name: str, revision: str, pool: PoolSpec, model: ModelSpec,
             f"{b.width}x{b.height}:{','.join(str(s) for s in b.batch_sizes)}" for b in pool.compile_buckets)
     if pool.latency_threshold:
         env["SAMPLER_SLO_LATENCY_THRESHOLDS_S"] = repr(pool.latency_threshold)
+    # spec.faultInjection (tests and demos only: models.check_references refuses it unless the
+    # operator runs with --allow-fault-injection); absent, not zero, when off.
+    if model.fault_error_rate:
+        env["SAMPLER_FAULT_ERROR_RATE"] = repr(model.fault_error_rate)
+    if model.fault_latency_s:
+        env["SAMPLER_FAULT_LATENCY_S"] = repr(model.fault_latency_s)
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
@@ -315,10 +321,16 @@ def network_policy(pool_obj: dict) -> dict:
 
 
 def monitor(pool_obj: dict, pool: PoolSpec) -> dict:
-    """PodMonitor (default) or ServiceMonitor scraping /metrics of every revision's pods."""
+    """PodMonitor (default) or ServiceMonitor scraping /metrics of every revision's pods.
+
+    ``honorLabels``: the Prometheus Operator labels every target with ``endpoint`` (the port
+    name), which would rename the sampler's own ``endpoint`` label (generate, generations, ...)
+    to ``exported_endpoint`` and leave the analysis queries with no requests at all. The sampler
+    sets no other target label (namespace, pod, container, job), so honouring its labels
+    overrides nothing else."""
     name = pool_obj["metadata"]["name"]
     labels = {**pool_labels(name), **pool.monitoring_labels}
-    endpoint = {"port": "http", "path": "/metrics", "interval": f"{pool.scrape_interval}s"}
+    endpoint = {"port": "http", "path": "/metrics", "interval": f"{pool.scrape_interval}s", "honorLabels": True}
     selector: dict[str, Any] = {"matchLabels": {LABEL_POOL: name}}
     if pool.monitoring_kind == "ServiceMonitor":
         # Only revision Services carry the revision label; the pool Service would double-count.

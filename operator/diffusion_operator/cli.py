@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .devcluster import node, toolchain
 from .devcluster.cluster import ClusterConfig, ClusterError, ComponentStartError, LocalCluster
+from .devcluster.first_run import FirstImage
 from .settings import Settings
 
 
@@ -37,7 +38,30 @@ def _cluster_from_args(args: argparse.Namespace) -> LocalCluster:
         cfg.real_nodes = args.real_nodes
     if getattr(args, "node_gpus", None) is not None:
         cfg.node_gpus = args.node_gpus
+    if args.dev_command == "up":
+        _dev_defaults(cfg, operator=not args.no_operator)
     return LocalCluster(cfg)
+
+
+#: Where the Gateway listens when the port is free (else any free port; `dev status` says).
+DEV_GATEWAY_PORT = 18080
+
+
+def _dev_defaults(cfg: ClusterConfig, *, operator: bool) -> None:
+    """What `dev up` runs beyond the bare cluster: with the real node, Traefik as the Gateway and
+    the operator as a process (a code change is live at the next `dev up`, with no image to
+    rebuild; the chart's in-cluster path is what tests/node/test_helm.py installs), told the
+    local Prometheus, allowed file:// models and the sampler's test-only fault injection
+    (`dev demo` rolls out a faulty revision)."""
+    from .devcluster import images
+
+    cfg.scrape_interval = "2s"
+    if cfg.real_nodes:
+        cfg.gateway = True
+        cfg.gateway_port = DEV_GATEWAY_PORT
+        cfg.operator = operator
+        cfg.operator_args = ("--allow-file-sources", "--allow-fault-injection",
+                             f"--sampler-image={images.SAMPLER_IMAGE}")
 
 
 DEV_MODEL_DIR = Path("/var/lib/diffusion-models/tiny")  # examples/dev's file:// source, on the real node
@@ -72,34 +96,48 @@ def _build_images(*, s3: bool = False) -> list:
     return built
 
 
-def _next_steps(cluster: LocalCluster) -> str:
+def _next_steps(cluster: LocalCluster, first: FirstImage | None = None) -> str:
     kc = shlex.quote(str(cluster.kubeconfig))
     kubectl = cluster.tools.kubectl
     lines = [
         "",
         f"Local cluster '{cluster.config.name}' is ready at {cluster.server}.",
+    ]
+    gateway = cluster.gateway_url
+    if first is not None:
+        lines.append(f"examples/dev is served: an image generated through the Gateway is in {first.path}")
+    lines += [
         "Next steps:",
         f"  export KUBECONFIG={kc}",
         f"  export PATH={shlex.quote(str(kubectl.parent))}:$PATH   # kubectl {cluster.tools.k8s_version}",
         "  kubectl get nodes -L nvidia.com/gpu.product",
-        "  kubectl apply -f examples/dev/      # a tiny model and pool made for this cluster",
-        "  diffusion-operator run --standalone --allow-file-sources   # the operator, against this cluster",
-        "  kubectl get diffusion             # both kinds, with phase and revisions",
+        "  kubectl get diffusion -A          # both kinds, with phase and revisions",
     ]
-    if cluster.state().get("node"):
+    if cluster.state().get("components", {}).get("operator"):
+        log = cluster.dir / "logs" / "operator.log"
+        lines.append(f"  (the operator runs as a process of this cluster: log {log})")
+    else:
+        prom = f" --prometheus-url {cluster.prometheus_url}" if cluster.prometheus_url else ""
+        lines.append(f"  diffusion-operator run --standalone --allow-file-sources{prom}   # the operator, here")
+    if gateway:
         lines += [
             f"  kubectl get pods -o wide          # the pool's pods run on the real node '{node.NODE_NAME}'",
-            "  kubectl port-forward svc/tiny 8000:80 &       # the pool Service listens on 80",
-            "  curl -s localhost:8000/v1/images/generations -H 'content-type: application/json' \\",
-            "       -d '{\"prompt\": \"a lighthouse\", \"size\": \"64x64\"}' | python3 -c \\",
-            "       'import sys,json,base64; open(\"out.png\",\"wb\").write(base64.b64decode("
+            f"  # one image through the Gateway (Traefik on {gateway}, route Host tiny.localhost):",
+            f"  curl -s {gateway}/v1/images/generations -H 'Host: tiny.localhost' \\",
+            "       -H 'content-type: application/json' -d '{\"prompt\": \"a lighthouse\", \"size\": \"64x64\"}' \\",
+            "       | python3 -c 'import sys,json,base64; open(\"out.png\",\"wb\").write(base64.b64decode("
             "json.load(sys.stdin)[\"data\"][0][\"b64_json\"]))'",
+            "  # the same with the OpenAI client (pip install openai):",
+            f"  #   OpenAI(base_url='{gateway}/v1', api_key='unused', default_headers={{'Host': 'tiny.localhost'}})",
+            "  #     .images.generate(prompt='a lighthouse', size='64x64').data[0].b64_json",
+            "  diffusion-operator dev demo       # a good and a bad model revision rolled out, live (under 10 min)",
         ]
+    elif cluster.state().get("node"):
+        lines.append("  kubectl port-forward svc/tiny 8000:80 &       # the pool Service listens on 80")
     else:
         lines.append("  (no real node: pods are simulated by kwok and run no containers)")
     if cluster.prometheus_url:
-        lines.append(f"  Prometheus: {cluster.prometheus_url}  (scrape targets: drop JSON files into "
-                     f"{cluster.prometheus_targets_dir})")
+        lines.append(f"  Prometheus: {cluster.prometheus_url}  (finds sampler pods through the API server)")
     lines.append(f"  diffusion-operator dev down       # stop it (logs under {cluster.dir / 'logs'})")
     return "\n".join(lines)
 
@@ -121,8 +159,35 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         _say(f"error: the real node cannot run on this machine: {exc}\n"
              "       `diffusion-operator dev up --real-nodes 0` starts a cluster of simulated (kwok) nodes only.")
         return 1
-    print(_next_steps(cluster))
+    first = None
+    if cluster.gateway_url and cluster.state().get("components", {}).get("operator"):
+        from .devcluster import first_run
+
+        try:
+            first = first_run.serve_examples(cluster, cluster.dir / "out", _say)
+        except first_run.FirstRunError as exc:
+            _say(f"error: {exc}")
+            print(_next_steps(cluster))
+            return 1
+        _say(f"first image through the Gateway: {first.path} (revision {first.revision}, {first.seconds:.0f} s)")
+    print(_next_steps(cluster, first))
     return 0
+
+
+def cmd_dev_demo(args: argparse.Namespace) -> int:
+    """A good and a bad model revision rolled out on the running dev cluster, shown live."""
+    from .demo import run as demo
+
+    cluster = _cluster_from_args(args)
+    if args.cleanup:
+        demo.cleanup(cluster, _say)
+        return 0
+    if not cluster.is_running() or not cluster.gateway_url or not cluster.state().get("components", {}).get(
+            "operator"):
+        _say("error: `dev demo` needs the running dev cluster with its real node, Gateway and operator: "
+             "run `make dev` (or `diffusion-operator dev up`) first")
+        return 1
+    return demo.play(cluster, cluster.dir / "out", _say)
 
 
 def cmd_dev_images(args: argparse.Namespace) -> int:
@@ -142,6 +207,7 @@ def cmd_dev_build(args: argparse.Namespace) -> int:
     tools = toolchain.ensure_toolchain()
     toolchain.ensure_prometheus()
     toolchain.ensure_node_tools()
+    toolchain.ensure_traefik()
     toolchain.ensure_helm()
     print(f"binaries ready: Kubernetes {tools.k8s_version} under {tools.kubectl.parent}")
     return 0
@@ -169,6 +235,9 @@ def cmd_dev_status(args: argparse.Namespace) -> int:
         summary = cluster.node_summary()
         node_ok = summary.startswith("Ready")
         print(f"  {'node ' + node.NODE_NAME:<24} {'':<12} {summary}")
+    for what, url in (("gateway", cluster.gateway_url), ("prometheus", cluster.prometheus_url)):
+        if url:
+            print(f"  {what:<24} {url}")
     return 0 if all(c.healthy for c in st) and node_ok else 1
 
 
@@ -191,6 +260,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         changes["leader_election"] = False
     if args.allow_file_sources:
         changes["allow_file_sources"] = True
+    if args.allow_fault_injection:
+        changes["allow_fault_injection"] = True
     changes["verbose"] = args.verbose
     return base.but(**changes)
 
@@ -224,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how long a leader's Lease lasts without renewal: the takeover time (default 15)")
     run.add_argument("--allow-file-sources", action="store_true",
                      help="accept file:// model sources (local development only: they read the node's disk)")
+    run.add_argument("--allow-fault-injection", action="store_true",
+                     help="accept DiffusionModels with spec.faultInjection (tests and demos only: their sampler "
+                          "pods fail requests and add latency on purpose)")
     run.add_argument("--prometheus-url", help="Prometheus for canary analysis when a pool sets no spec.prometheus.url")
     run.add_argument("--sampler-image", help="sampler image for pools that set no spec.image")
     run.add_argument("--tick-seconds", type=float, help="how often rollouts in flight are looked at (default 5)")
@@ -238,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("build", cmd_dev_build, "build or fetch the cluster's binaries (cached)"),
                                  ("images", cmd_dev_images, "build the sampler and operator images (cached)"),
                                  ("down", cmd_dev_down, "stop the processes the cluster started"),
-                                 ("status", cmd_dev_status, "health of each component")):
+                                 ("status", cmd_dev_status, "health of each component"),
+                                 ("demo", cmd_dev_demo, "roll out a good and a bad model revision, live")):
         sp = dsub.add_parser(name, help=helptext)
         sp.add_argument("--name", default="dev", help="cluster name (state under the cache directory)")
         sp.add_argument("--state-dir", help="state directory (default: <cache>/clusters/<name>)")
@@ -254,7 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="real worker nodes running containers (containerd, kubelet): 1 (default) or 0 "
                                  "for simulated nodes only")
             sp.add_argument("--node-gpus", type=int, default=None,
-                            help="nvidia.com/gpu the real node advertises (default 2; pods run on CPU)")
+                            help="nvidia.com/gpu the real node advertises (default 4; pods run on CPU)")
+            sp.add_argument("--no-operator", action="store_true",
+                            help="do not start the operator (run your own: diffusion-operator run --standalone ...)")
+        if name == "demo":
+            sp.add_argument("--cleanup", action="store_true", help="remove what the demo created and exit")
         sp.set_defaults(func=func)
     return p
 

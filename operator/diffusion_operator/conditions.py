@@ -42,6 +42,7 @@ class Reason(enum.StrEnum):
     REFERENCES_RESOLVED = "ReferencesResolved"
     MODEL_NOT_FOUND = "ModelNotFound"
     FILE_SOURCE_NOT_ALLOWED = "FileSourceNotAllowed"
+    FAULT_INJECTION_NOT_ALLOWED = "FaultInjectionNotAllowed"
     CLAIM_NOT_FOUND = "ClaimNotFound"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_MISSING = "SecretKeyMissing"
@@ -76,6 +77,7 @@ class Reason(enum.StrEnum):
     PAIR_CANNOT_ARM = "PairCannotArm"
     # DiffusionModel events
     REVISION_COMPUTED = "RevisionComputed"
+    FAULT_INJECTION_ENABLED = "FaultInjectionEnabled"
 
 
 #: Kept for the many call sites that read better as ``cond.READY``.

@@ -1,8 +1,9 @@
 """Reconcile a DiffusionModel: validate what the schema cannot, compute its revision, set status.
 
 The schema and CEL rules reject most bad input at admission. What is left for the operator:
-referenced Secrets must exist (and carry the key named), and the revision hash that pools use
-to tell model versions apart.
+referenced Secrets must exist (and carry the key named), the settings that gate development and
+test features (``file://`` sources, fault injection), and the revision hash that pools use to
+tell model versions apart.
 """
 
 from __future__ import annotations
@@ -23,16 +24,22 @@ class ModelResult:
     error: OperatorError | None = None
 
 
-def check_references(kube: KubeAPI, namespace: str, model: ModelSpec, *, allow_file_sources: bool) -> None:
-    """What the schema cannot check: file:// allowed, PVC and Secrets exist (with the key).
+def check_references(kube: KubeAPI, namespace: str, model: ModelSpec, *, allow_file_sources: bool,
+                     allow_fault_injection: bool = False) -> None:
+    """What the schema cannot check: file:// and fault injection allowed, PVC and Secrets exist
+    (with the key).
 
     ``file://`` reads a node's disk: only for local development, and only when the operator
-    was started with ``--allow-file-sources``.
+    was started with ``--allow-file-sources``. ``spec.faultInjection`` makes the sampler fail
+    on purpose: only for tests and demos, and only with ``--allow-fault-injection``.
     """
     src = model.source
     if src.scheme == "file" and not allow_file_sources:
         raise SpecError(f"spec.source.uri {src.uri!r}: file:// sources are for local development; start the "
                         "operator with --allow-file-sources to use them", reason=Reason.FILE_SOURCE_NOT_ALLOWED)
+    if model.fault_injection and not allow_fault_injection:
+        raise SpecError("spec.faultInjection: fault injection is for tests and demos only; start the operator "
+                        "with --allow-fault-injection to use it", reason=Reason.FAULT_INJECTION_NOT_ALLOWED)
     if src.scheme == "pvc" and kube.get("v1", "PersistentVolumeClaim", src.pvc_claim, namespace) is None:
         raise DependencyMissing(f"spec.source.uri: PersistentVolumeClaim {namespace}/{src.pvc_claim} not found",
                                 reason=Reason.CLAIM_NOT_FOUND, delay=30)
@@ -51,7 +58,14 @@ def check_references(kube: KubeAPI, namespace: str, model: ModelSpec, *, allow_f
                                     reason=Reason.SECRET_KEY_MISSING, delay=30)
 
 
-def reconcile_model(kube: KubeAPI, body: dict, *, allow_file_sources: bool) -> ModelResult:
+def fault_injection_summary(model: ModelSpec) -> str:
+    """What a model's fault injection does, in words (a condition message and an Event)."""
+    return (f"fault injection on (tests and demos only): errorRate {model.fault_error_rate:g} of requests "
+            f"answered 500, latencySeconds {model.fault_latency_s:g} added per batch")
+
+
+def reconcile_model(kube: KubeAPI, body: dict, *, allow_file_sources: bool,
+                    allow_fault_injection: bool = False) -> ModelResult:
     meta = body["metadata"]
     gen = meta.get("generation")
     old = body.get("status") or {}
@@ -59,14 +73,19 @@ def reconcile_model(kube: KubeAPI, body: dict, *, allow_file_sources: bool) -> M
     status: dict = {"observedGeneration": gen}
     events: list[tuple[str, str, str]] = []
     error: OperatorError | None = None
+    model: ModelSpec | None = None
     try:
         model = ModelSpec.from_body(meta["name"], body.get("spec") or {})
         status["revision"] = model_revision(model)
         conds = cond.set_condition(conds, cond.VALID, True, Reason.SPEC_VALID, "spec is valid", gen)
-        check_references(kube, meta["namespace"], model, allow_file_sources=allow_file_sources)
+        check_references(kube, meta["namespace"], model, allow_file_sources=allow_file_sources,
+                         allow_fault_injection=allow_fault_injection)
         conds = cond.set_condition(conds, cond.RESOLVED, True, Reason.REFERENCES_RESOLVED,
                                    "all referenced objects exist", gen)
-        conds = cond.set_condition(conds, cond.READY, True, Reason.READY, f"revision {status['revision']}", gen)
+        ready = f"revision {status['revision']}"
+        if model.fault_injection:
+            ready += f"; {fault_injection_summary(model)}"
+        conds = cond.set_condition(conds, cond.READY, True, Reason.READY, ready, gen)
     except SpecError as exc:
         error = exc
         conds = cond.set_condition(conds, cond.VALID, False, exc.reason, str(exc), gen)
@@ -83,6 +102,12 @@ def reconcile_model(kube: KubeAPI, body: dict, *, allow_file_sources: bool) -> M
     now_ready = cond.get_condition(conds, cond.READY) or {}
     if error is not None and (not was or was.get("reason") != now_ready["reason"]):
         events.append(("Warning", now_ready["reason"], now_ready["message"]))
-    elif error is None and old.get("revision") != status.get("revision"):
-        events.append(("Normal", Reason.REVISION_COMPUTED, f"model revision {status['revision']}"))
+    elif error is None:
+        new_revision = old.get("revision") != status.get("revision")
+        if new_revision:
+            events.append(("Normal", Reason.REVISION_COMPUTED, f"model revision {status['revision']}"))
+        # Said once per change: a new revision, or one that was refused (operator without the flag).
+        if model is not None and model.fault_injection and (new_revision or (was or {}).get("status") != "True"):
+            events.append(("Warning", Reason.FAULT_INJECTION_ENABLED,
+                           f"revision {status['revision']}: {fault_injection_summary(model)}"))
     return ModelResult(status=status, events=events, error=error)

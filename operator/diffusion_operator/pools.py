@@ -25,7 +25,7 @@ import dataclasses
 import datetime as dt
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import API_GROUP, API_VERSION, builders
@@ -60,6 +60,7 @@ class ReconcileOptions:
 
     sampler_image: str = builders.DEFAULT_SAMPLER_IMAGE
     allow_file_sources: bool = False
+    allow_fault_injection: bool = False
 
 
 @dataclass
@@ -119,7 +120,8 @@ def resolve(kube: KubeAPI, pool_obj: dict, options: ReconcileOptions) -> Resolve
         raise DependencyMissing(f"DiffusionModel {ns}/{pool.model_name} (spec.modelRef.name) not found",
                                 reason=Reason.MODEL_NOT_FOUND, delay=15)
     model = ModelSpec.from_body(pool.model_name, dm.get("spec") or {})
-    check_references(kube, ns, model, allow_file_sources=options.allow_file_sources)
+    check_references(kube, ns, model, allow_file_sources=options.allow_file_sources,
+                     allow_fault_injection=options.allow_fault_injection)
     image = pool.image or options.sampler_image
     mrev = model_revision(model)
     return Resolved(pool=pool, model=model, image=image, model_revision=mrev, desired=pool_revision(mrev, image))
@@ -168,7 +170,7 @@ def apply_children(kube: KubeAPI, pool_obj: dict, r: Resolved, ro: sm.RolloutSta
     pool = r.pool
     active = sm.active_revisions(ro)
     runs = {rev: _revision_model(kube, pool_obj, r, rev) for rev in active}
-    queue = {q["revision"] for q in ro.scale_down_queue}
+    queue = {q["revision"]: q for q in ro.scale_down_queue}
     deployments: dict[str, dict] = {}
     for rev in active:
         rev_model, rev_image = runs[rev]
@@ -190,14 +192,18 @@ def apply_children(kube: KubeAPI, pool_obj: dict, r: Resolved, ro: sm.RolloutSta
                    monitoring=monitoring)
 
 
-def revision_replicas(pool: PoolSpec, ro: sm.RolloutStatus, rev: str, queue: set[str]) -> int:
+def revision_replicas(pool: PoolSpec, ro: sm.RolloutStatus, rev: str, queue: Mapping[str, Mapping]) -> int:
     """Stable: the pool's replicas. Canary: enough for its share of traffic, at least one to warm
-    up. An old stable waiting for its scale-down delay keeps serving its drained traffic."""
+    up. A revision waiting for its scale-down delay keeps what it had while its traffic drains:
+    an old stable the pool's replicas, a rolled-back canary those of its last weight."""
     if rev == ro.stable_revision:
         return pool.replicas
     if rev == ro.canary_revision:
         return max(1, math.ceil(pool.replicas * ro.canary_weight / 100))
-    return pool.replicas if rev in queue else 0
+    if rev not in queue:
+        return 0
+    weight = queue[rev].get("weight")
+    return pool.replicas if weight is None else max(1, math.ceil(pool.replicas * weight / 100))
 
 
 def _revision_model(kube: KubeAPI, pool_obj: dict, r: Resolved, rev: str) -> tuple[ModelSpec, str]:
@@ -409,7 +415,8 @@ def failed_status(pool_obj: dict, exc: OperatorError) -> PoolResult:
     keep = {k: old[k] for k in ("replicas", "readyReplicas", "selector", "rollout", "modelRevision",
                                 "desiredRevision") if k in old}
     first_time = not old.get("rollout")
-    phase = (PoolPhase.PENDING if isinstance(exc, DependencyMissing) or exc.reason == Reason.FILE_SOURCE_NOT_ALLOWED
+    waits_for_settings = exc.reason in (Reason.FILE_SOURCE_NOT_ALLOWED, Reason.FAULT_INJECTION_NOT_ALLOWED)
+    phase = (PoolPhase.PENDING if isinstance(exc, DependencyMissing) or waits_for_settings
              else PoolPhase.DEGRADED) if first_time else old.get("phase")
     status = {**keep, "observedGeneration": gen, "phase": str(phase) if phase else None, "conditions": conds}
     return PoolResult(status=status, events=events, error=exc)

@@ -16,11 +16,15 @@ Nothing in the operator reads ``os.environ`` after this: handlers find the setti
 | lease_namespace | ``--lease-namespace`` | ``POD_NAMESPACE`` | the pod's namespace, else ``default`` |
 | identity | ``--identity`` | ``POD_NAME`` | ``<hostname>-<pid>`` |
 | allow_file_sources | ``--allow-file-sources`` | ``DIFFUSION_OPERATOR_ALLOW_FILE_SOURCES`` | off |
+| allow_fault_injection | ``--allow-fault-injection`` | ``DIFFUSION_OPERATOR_ALLOW_FAULT_INJECTION`` | off |
 | prometheus_url | ``--prometheus-url`` | ``DIFFUSION_OPERATOR_PROMETHEUS_URL`` | none |
 | sampler_image | ``--sampler-image`` | ``DIFFUSION_OPERATOR_SAMPLER_IMAGE`` | the released sampler |
 | tick_seconds | ``--tick-seconds`` | ``DIFFUSION_OPERATOR_TICK_SECONDS`` | 5 |
 | workers | ``--workers`` | ``DIFFUSION_OPERATOR_WORKERS`` | 24 |
 | kubeconfig | ``--kubeconfig`` | ``KUBECONFIG`` | in-cluster, else ~/.kube/config |
+
+``allow_file_sources`` is for local development and ``allow_fault_injection`` (DiffusionModel
+``spec.faultInjection``) for tests and demos only; both stay off in production.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class Settings:
     renew_deadline_s: float = 10.0
     retry_period_s: float = 2.0
     allow_file_sources: bool = False
+    #: Accept DiffusionModels with ``spec.faultInjection`` (tests and demos only).
+    allow_fault_injection: bool = False
     prometheus_url: str | None = None
     sampler_image: str = DEFAULT_SAMPLER_IMAGE
     tick_seconds: float = 5.0
@@ -86,6 +92,7 @@ class Settings:
             lease_namespace=_pod_namespace(env),
             identity=env.get("POD_NAME") or base.identity,
             allow_file_sources=_flag(env, "DIFFUSION_OPERATOR_ALLOW_FILE_SOURCES", False),
+            allow_fault_injection=_flag(env, "DIFFUSION_OPERATOR_ALLOW_FAULT_INJECTION", False),
             prometheus_url=env.get("DIFFUSION_OPERATOR_PROMETHEUS_URL") or None,
             sampler_image=env.get("DIFFUSION_OPERATOR_SAMPLER_IMAGE") or base.sampler_image,
             tick_seconds=float(env.get("DIFFUSION_OPERATOR_TICK_SECONDS") or base.tick_seconds),

@@ -6,7 +6,8 @@ same default the schema documents. ``PoolSpec.from_body`` is the one parser of a
 it carries the rollout steps (``RolloutSpec``) and the SLOs and analysis (``AnalysisConfig``),
 so the reconciler, the rollout and the PrometheusRule read the same parsed values.
 ``model_revision`` is the hash of everything that defines a model's outputs: two DiffusionModels
-with the same revision produce the same images.
+with the same revision produce the same images. The test-only ``spec.faultInjection`` is part of
+it too (when set): a model that injects faults is a new, bad revision, rolled out as a canary.
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ class ModelSpec:
     safety_checker: str = "auto"
     blocklist: tuple[str, ...] = ()
     replacement: str = "black"
+    #: ``spec.faultInjection`` (tests and demos only; the operator refuses it unless started with
+    #: ``--allow-fault-injection``): the sampler's SAMPLER_FAULT_ERROR_RATE / SAMPLER_FAULT_LATENCY_S.
+    fault_error_rate: float = 0.0
+    fault_latency_s: float = 0.0
+
+    @property
+    def fault_injection(self) -> bool:
+        """Whether this model's sampler pods inject faults."""
+        return bool(self.fault_error_rate or self.fault_latency_s)
 
     @classmethod
     def from_body(cls, name: str, spec: dict) -> ModelSpec:
@@ -84,6 +94,7 @@ class ModelSpec:
         d = spec.get("defaults") or {}
         lim = spec.get("limits") or {}
         saf = spec.get("safety") or {}
+        faults = spec.get("faultInjection") or {}
         return cls(
             name=name,
             source=ModelSource(uri=uri, scheme=scheme, revision=src.get("revision"), token_secret=tok.get("name"),
@@ -105,6 +116,8 @@ class ModelSpec:
             safety_checker=saf.get("checker", "auto"),
             blocklist=tuple(saf.get("blocklist") or ()),
             replacement=saf.get("replacement", "black"),
+            fault_error_rate=float(faults.get("errorRate", 0.0)),
+            fault_latency_s=float(faults.get("latencySeconds", 0.0)),
         )
 
     def output_defining(self) -> dict:
@@ -112,12 +125,19 @@ class ModelSpec:
 
         Limits are left out on purpose: raising maxSteps changes what is allowed, not what a
         given request produces, so it must not start a canary rollout.
+
+        Fault injection (tests and demos) is in, but only when set: a model that injects faults
+        is another revision (rolling it out is a canary), and every model without it keeps the
+        revision it had before the field existed.
         """
         s = self.source
-        return {"uri": s.uri, "revision": s.revision, "endpoint": s.endpoint, "pipeline": self.pipeline,
-                "precision": self.precision, "scheduler": self.scheduler, "steps": self.steps,
-                "guidance": self.guidance_scale, "size": [self.width, self.height],
-                "safety": [self.safety_checker, sorted(self.blocklist), self.replacement]}
+        out: dict = {"uri": s.uri, "revision": s.revision, "endpoint": s.endpoint, "pipeline": self.pipeline,
+                     "precision": self.precision, "scheduler": self.scheduler, "steps": self.steps,
+                     "guidance": self.guidance_scale, "size": [self.width, self.height],
+                     "safety": [self.safety_checker, sorted(self.blocklist), self.replacement]}
+        if self.fault_injection:
+            out["faults"] = [self.fault_error_rate, self.fault_latency_s]
+        return out
 
     def to_snapshot(self) -> dict:
         d = asdict(self)
@@ -126,6 +146,8 @@ class ModelSpec:
 
     @classmethod
     def from_snapshot(cls, d: dict) -> ModelSpec:
+        """The inverse of ``to_snapshot``; snapshots written before a field existed get its
+        default (no fault injection)."""
         d = dict(d)
         d["source"] = ModelSource(**d["source"])
         d["blocklist"] = tuple(d.get("blocklist") or ())

@@ -1,9 +1,10 @@
-"""Canary rollouts end to end (issue 4): the operator on the real local cluster, a real
-Prometheus scraping real sampler processes on the tiny model, and a load generator that
-splits requests by the weights the operator writes into the pool's HTTPRoute.
+"""Canary rollouts end to end, through the real data plane: the operator's Deployments run
+our sampler image on the local cluster's real node, Traefik splits the load by the weights the
+operator writes into the HTTPRoute, and the cluster's Prometheus discovers the pods through the
+API server. Faulty canaries are model revisions with the sampler's test-only fault injection.
 
 Test-sized settings (tests/support/rollouts.py): analysis every 2 s, short window 8 s, so the
-fastest Workbook pair becomes 14.4x over 96 s / 8 s; 10 requests per second.
+fastest Workbook pair becomes 14.4x over 96 s / 8 s; 10 requests per second through the Gateway.
 """
 
 from __future__ import annotations
@@ -12,11 +13,21 @@ import time
 
 import pytest
 
+from tests.support.load import GATEWAY
 from tests.support.operator_control import TICK_S
 from tests.support.prometheus import SCRAPE_S, PrometheusServer
-from tests.support.rollouts import INTERVAL_S, LABEL_REVISION, POOL, SHORT_WINDOW_S, parse_time, rollout_spec
+from tests.support.rollouts import (
+    ERRORS_PATCH,
+    INTERVAL_S,
+    LABEL_REVISION,
+    POOL,
+    SHORT_WINDOW_S,
+    SLOW_PATCH,
+    parse_time,
+    rollout_spec,
+)
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 #: "Within two analysis intervals after the short window fills": an analysis runs when the
 #: operator's 1 s timer finds the interval over, so one interval as run is up to INTERVAL + TICK;
@@ -28,9 +39,37 @@ def canary_weights_seen(scenario) -> list[int]:
     return [ro.get("canaryWeight") or 0 for ro in scenario.seen]
 
 
+def wait_all_answers_from(load, revision, since: float, window: float = 2.0, timeout: float = 15.0) -> float:
+    """The first time after ``since`` from which ``window`` seconds of answers all came from
+    ``revision``; fails after ``timeout``."""
+    deadline = since + timeout
+    start = since
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if time.time() < start + window:
+            continue
+        mine, total = load.share(revision, since=start, until=start + window)
+        if total and mine == total:
+            return start
+        start += 0.5
+    raise AssertionError(f"answers still from other revisions {timeout:.0f} s after {since:.1f}: "
+                         f"{load.share(revision, since=since)}")
+
+
 def assert_users_saw_no_errors(load, revision):
     codes = dict(load.codes[revision])
     assert codes and set(codes) == {200}, f"requests to {revision} answered {codes}"
+
+
+def assert_gateway_never_failed(load, scenario=None):
+    """Traefik itself never answered (no 502/503 for want of a ready backend, no refusals)."""
+    if load.codes.get(GATEWAY):
+        when = [(round(t, 2), code) for t, rev, code in load.answers if rev == GATEWAY]
+        timeline = [] if scenario is None else [
+            (round(r["_at"], 2), r.get("phase"), r.get("canaryWeight")) for r in scenario.seen]
+        changes = [x for i, x in enumerate(timeline) if i == 0 or x[1:] != timeline[i - 1][1:]]
+        raise AssertionError(f"answers without a sampler behind them: {dict(load.codes[GATEWAY])} at {when}; "
+                             f"rollout (time, phase, weight) changes: {changes}")
 
 
 def assert_rolled_back_cleanly(scenario, reason: str) -> dict:
@@ -58,13 +97,14 @@ def assert_rolled_back_cleanly(scenario, reason: str) -> dict:
 # --------------------------------------------------------------------------- 1
 
 
-def test_healthy_canary_is_promoted_through_every_step(cluster, operator_ctl, scenario, samplers):
-    stable, canary = scenario.stable_rev, scenario.canary_rev
-    scenario.create(rollout_spec([(25, 4), (50, 4), (100, 4)]), prometheus_url=cluster.prometheus_url)
-    scenario.serve(cluster.prometheus_url, cluster.prometheus_targets_dir, samplers["stable"], samplers["canary"])
-    scenario.start_rollout()
+def test_healthy_canary_is_promoted_through_every_step(node_cluster, operator_ctl, scenario):
+    scenario.create(rollout_spec([(25, 4), (50, 4), (100, 4)]), prometheus_url=node_cluster.prometheus_url)
+    stable = scenario.stable_rev
+    load = scenario.serve(node_cluster.prometheus_url)
+    canary = scenario.start_rollout()
 
-    ro = scenario.wait(lambda ro, p: ro.get("phase") == "Succeeded", timeout=150, what="promotion")
+    ro = scenario.wait(lambda ro, p: ro.get("phase") == "Succeeded", timeout=240, what="promotion")
+    promoted = time.time()
 
     assert ro["stableRevision"] == canary and not ro.get("canaryRevision")
     last = ro["history"][-1]
@@ -76,35 +116,39 @@ def test_healthy_canary_is_promoted_through_every_step(cluster, operator_ctl, sc
         ["canary weight 25%", "canary weight 50%", "canary weight 100%"], steps
     seen = [w for w in canary_weights_seen(scenario) if w]
     assert seen == sorted(seen) and {25, 50}.issubset(seen), seen
-    # The data plane followed: the load generator routed by 25 -> 50 -> 100 -> all on the new revision.
-    route_canary = [w.get(canary, 0) for _, w in scenario.load.weight_log]
-    assert route_canary == sorted(route_canary) and route_canary[-1] == 100, scenario.load.weight_log
+    # The data plane followed: the Gateway sent the canary a share of the load before the end,
+    # and everything after promotion.
     assert scenario.route_weights() == {canary: 100}
+    canary_first = load.first_answer[canary]
+    before, total_before = load.share(canary, until=promoted)
+    assert 0 < before < total_before, (before, total_before)
+    wait_all_answers_from(load, canary, since=promoted)
+    assert canary_first < promoted
     # The old revision is scaled down after scaleDownDelaySeconds and its children removed.
     scenario.wait_gone("deployment", f"{POOL}-{stable}")
     assert scenario.get("deployment", f"{POOL}-{canary}")["spec"]["replicas"] == 1
     assert scenario.pool()["status"]["phase"] == "Ready"
-    assert_users_saw_no_errors(scenario.load, canary)
-    assert_users_saw_no_errors(scenario.load, stable)
+    assert_users_saw_no_errors(load, canary)
+    assert_users_saw_no_errors(load, stable)
+    assert_gateway_never_failed(load, scenario)
 
 
 # --------------------------------------------------------------------------- 2
 
 
-def test_canary_with_errors_is_rolled_back_within_two_intervals(cluster, operator_ctl, scenario, samplers):
-    stable, canary = scenario.stable_rev, scenario.canary_rev
-    scenario.create(rollout_spec([(25, 60), (100, 4)]), prometheus_url=cluster.prometheus_url)
+def test_canary_with_errors_is_rolled_back_within_two_intervals(node_cluster, operator_ctl, scenario):
+    scenario.create(rollout_spec([(25, 60), (100, 4)]), prometheus_url=node_cluster.prometheus_url)
+    stable = scenario.stable_rev
     stable_dep = scenario.get("deployment", f"{POOL}-{stable}")
-    scenario.serve(cluster.prometheus_url, cluster.prometheus_targets_dir, samplers["stable"],
-                   samplers["canary-errors"])
-    scenario.start_rollout()
+    load = scenario.serve(node_cluster.prometheus_url)
+    canary = scenario.start_rollout(ERRORS_PATCH)
 
-    scenario.wait(lambda ro, p: ro.get("phase") == "RolledBack", timeout=60, what="rollback")
+    scenario.wait(lambda ro, p: ro.get("phase") == "RolledBack", timeout=180, what="rollback")
     ro = assert_rolled_back_cleanly(scenario, "AvailabilityBurnRateExceeded")
 
-    # Timing: from the first request the canary served (the fault started) plus its short window
-    # to the rollback the operator recorded.
-    fault_start = scenario.load.first_sent[canary]
+    # Timing: from the first answer the canary gave through the Gateway (the fault started) plus
+    # its short window to the rollback the operator recorded.
+    fault_start = load.first_answer[canary]
     rolled_back = parse_time(ro["history"][-1]["finishedAt"]).timestamp()
     after_fill = rolled_back - (fault_start + SHORT_WINDOW_S)
     print(f"rolled back {rolled_back - fault_start:.1f}s after the fault started, {after_fill:.1f}s after the "
@@ -117,43 +161,51 @@ def test_canary_with_errors_is_rolled_back_within_two_intervals(cluster, operato
     # Stable untouched: same Deployment generation, and its users never saw an error.
     assert scenario.get("deployment", f"{POOL}-{stable}")["metadata"]["generation"] == \
         stable_dep["metadata"]["generation"]
-    assert_users_saw_no_errors(scenario.load, stable)
+    assert_users_saw_no_errors(load, stable)
+    assert_gateway_never_failed(load, scenario)
+    # The faults came from the canary's own pods: about 30% of its answers.
+    bad, good = load.codes[canary][500], load.codes[canary][200]
+    assert bad and good and 0.1 < bad / (bad + good) < 0.6, dict(load.codes[canary])
     assert max(canary_weights_seen(scenario)) == 25
 
 
 # --------------------------------------------------------------------------- 3
 
 
-def test_canary_slower_than_latency_slo_is_rolled_back(cluster, operator_ctl, scenario, samplers):
-    stable, canary = scenario.stable_rev, scenario.canary_rev
+def test_canary_slower_than_latency_slo_is_rolled_back(node_cluster, operator_ctl, scenario):
     # 95% of requests under 1 s: the canary's injected 1.5 s per batch burns 1 / 0.05 = 20x >= 14.4x.
     slo = {"availability": {"objective": 0.99}, "latency": {"thresholdSeconds": 1, "objective": 0.95}}
-    scenario.create(rollout_spec([(25, 60), (100, 4)]), prometheus_url=cluster.prometheus_url, slo=slo)
-    scenario.serve(cluster.prometheus_url, cluster.prometheus_targets_dir, samplers["stable"], samplers["canary-slow"])
-    scenario.start_rollout()
+    scenario.create(rollout_spec([(25, 60), (100, 4)]), prometheus_url=node_cluster.prometheus_url, slo=slo,
+                    batching={"maxBatchSize": 16, "maxWaitMs": 20})
+    stable = scenario.stable_rev
+    load = scenario.serve(node_cluster.prometheus_url)
+    canary = scenario.start_rollout(SLOW_PATCH)
 
-    scenario.wait(lambda ro, p: ro.get("phase") == "RolledBack", timeout=60, what="rollback")
+    scenario.wait(lambda ro, p: ro.get("phase") == "RolledBack", timeout=180, what="rollback")
     ro = assert_rolled_back_cleanly(scenario, "LatencyBurnRateExceeded")
     msg = scenario.events("LatencyBurnRateExceeded")[0]["message"]
     assert "latency burn rate" in msg and "objective 95%" in msg
     # Slow, not failing: the canary answered every request, just late.
-    assert_users_saw_no_errors(scenario.load, canary)
-    assert_users_saw_no_errors(scenario.load, stable)
+    assert_users_saw_no_errors(load, canary)
+    assert_users_saw_no_errors(load, stable)
+    assert_gateway_never_failed(load, scenario)
     assert ro["stableRevision"] == stable
 
 
 # --------------------------------------------------------------------------- 4
 
 
-def test_no_traffic_holds_then_progress_deadline_rolls_back(cluster, operator_ctl, scenario):
-    stable, canary = scenario.stable_rev, scenario.canary_rev
-    pause, deadline = 3, 10
-    # Prometheus is up and scrapes, but nobody sends a request: no sampler, no load.
+def test_no_traffic_holds_then_progress_deadline_rolls_back(node_cluster, operator_ctl, scenario):
+    # The deadline covers the canary's start too (phase Pending until its pod is Ready), so it
+    # must outlast a real pod's start on two busy cores.
+    pause, deadline = 3, 45
+    # Prometheus is up and scrapes both revisions' pods, but nobody sends a request.
     scenario.create(rollout_spec([(25, pause), (100, pause)], deadline=deadline),
-                    prometheus_url=cluster.prometheus_url)
-    scenario.start_rollout()
+                    prometheus_url=node_cluster.prometheus_url)
+    stable = scenario.stable_rev
+    canary = scenario.start_rollout()
 
-    ro = scenario.wait(lambda ro, p: ro.get("phase") == "RolledBack", timeout=60, what="deadline rollback")
+    ro = scenario.wait(lambda ro, p: ro.get("phase") == "RolledBack", timeout=180, what="deadline rollback")
 
     # It held: the first step's weight and never more, while the analysis said "not enough traffic".
     assert max(canary_weights_seen(scenario)) == 25
@@ -164,7 +216,8 @@ def test_no_traffic_holds_then_progress_deadline_rolls_back(cluster, operator_ct
     assert_rolled_back_cleanly(scenario, "ProgressDeadlineExceeded")
     assert "InsufficientTraffic" in ro["message"]
     last = ro["history"][-1]
-    lasted = (parse_time(last["finishedAt"]) - parse_time(last["startedAt"])).total_seconds()
+    step_started = next(r["stepStartedAt"] for r in reversed(scenario.seen) if r.get("stepStartedAt"))
+    lasted = (parse_time(last["finishedAt"]) - parse_time(step_started)).total_seconds()
     assert pause + deadline <= lasted <= pause + deadline + 15, lasted
     assert ro["stableRevision"] == stable and canary not in [h.get("stableRevision") for h in ro["history"]]
 
@@ -172,12 +225,12 @@ def test_no_traffic_holds_then_progress_deadline_rolls_back(cluster, operator_ct
 # --------------------------------------------------------------------------- 6
 
 
-def test_operator_restarted_mid_rollout_finishes_it_without_duplicates(cluster, operator_ctl, scenario, samplers):
-    stable, canary = scenario.stable_rev, scenario.canary_rev
-    scenario.create(rollout_spec([(25, 4), (50, 6), (100, 4)]), prometheus_url=cluster.prometheus_url)
-    scenario.serve(cluster.prometheus_url, cluster.prometheus_targets_dir, samplers["stable"], samplers["canary"])
-    scenario.start_rollout()
-    scenario.wait(lambda ro, p: ro.get("canaryWeight") == 50, timeout=90, what="step 2 (weight 50)")
+def test_operator_restarted_mid_rollout_finishes_it_without_duplicates(node_cluster, operator_ctl, scenario):
+    scenario.create(rollout_spec([(25, 4), (50, 6), (100, 4)]), prometheus_url=node_cluster.prometheus_url)
+    stable = scenario.stable_rev
+    load = scenario.serve(node_cluster.prometheus_url)
+    canary = scenario.start_rollout()
+    scenario.wait(lambda ro, p: ro.get("canaryWeight") == 50, timeout=180, what="step 2 (weight 50)")
 
     operator_ctl.stop()
     frozen = {k: v for k, v in scenario.rollout().items() if k != "_at"}
@@ -185,7 +238,7 @@ def test_operator_restarted_mid_rollout_finishes_it_without_duplicates(cluster, 
     assert {k: v for k, v in scenario.rollout().items() if k != "_at"} == frozen  # nobody moved it
     operator_ctl.start()
 
-    ro = scenario.wait(lambda ro, p: ro.get("phase") == "Succeeded", timeout=120, what="promotion after restart")
+    ro = scenario.wait(lambda ro, p: ro.get("phase") == "Succeeded", timeout=180, what="promotion after restart")
     assert operator_ctl.starts == 2
     assert ro["stableRevision"] == canary and not ro.get("canaryRevision")
     mine = [h for h in ro["history"] if h["canaryRevision"] == canary]
@@ -207,25 +260,29 @@ def test_operator_restarted_mid_rollout_finishes_it_without_duplicates(cluster, 
     assert per_revision("controllerrevisions") == sorted([stable, canary])
     assert len(scenario.get("httproutes")["items"]) == 1
     assert scenario.route_weights() == {canary: 100}
-    assert_users_saw_no_errors(scenario.load, canary)
-    assert_users_saw_no_errors(scenario.load, stable)
+    # Traffic went on while the operator was down: the data plane does not need it.
+    assert_users_saw_no_errors(load, canary)
+    assert_users_saw_no_errors(load, stable)
+    assert_gateway_never_failed(load, scenario)
 
 
 # --------------------------------------------------------------------------- 5
 
 
-def test_prometheus_down_holds_then_error_policy_pauses(cluster, operator_ctl, scenario, samplers, prometheus_bin,
+def test_prometheus_down_holds_then_error_policy_pauses(node_cluster, operator_ctl, scenario, prometheus_bin,
                                                          tmp_path):
-    stable, canary = scenario.stable_rev, scenario.canary_rev
-    # This pool's own Prometheus, so killing it leaves the shared one to the other tests.
-    prom = PrometheusServer(prometheus_bin, tmp_path / "prometheus").start()
+    # This pool's own Prometheus (discovering the same pods), so killing it leaves the cluster's
+    # to the other tests.
+    prom = PrometheusServer(prometheus_bin, tmp_path / "prometheus",
+                            kubeconfig=node_cluster.dir / "prometheus" / "kubeconfig").start()
     try:
         limit = 3
         scenario.create(rollout_spec([(25, 120), (100, 4)], error_policy="Pause", error_limit=limit),
                         prometheus_url=prom.url)
-        scenario.serve(prom.url, prom.targets_dir, samplers["stable"], samplers["canary"])
-        scenario.start_rollout()
-        scenario.wait(lambda ro, p: (ro.get("lastAnalysis") or {}).get("outcome") == "pass", timeout=60,
+        stable = scenario.stable_rev
+        scenario.serve(prom.url)
+        canary = scenario.start_rollout()
+        scenario.wait(lambda ro, p: (ro.get("lastAnalysis") or {}).get("outcome") == "pass", timeout=180,
                       what="a passing analysis at step 1")
         prom.stop()
         killed = time.time()
@@ -248,3 +305,42 @@ def test_prometheus_down_holds_then_error_policy_pauses(cluster, operator_ctl, s
     assert warn and "paused" in warn[0]["message"] and "unreachable" in warn[0]["message"]
     paused_at = max(r["_at"] for r in scenario.seen if r.get("phase") != "Paused")
     assert paused_at - killed >= (limit - 1) * INTERVAL_S, "paused before the error limit could be reached"
+
+
+# --------------------------------------------------------------------------- 7
+
+
+def test_sre_pause_resume_and_promote_through_the_plugin(node_cluster, operator_ctl, scenario):
+    """An SRE holds a rollout with ``kubectl diffusion pause``, lets it go on with ``resume`` and
+    ends it with ``promote``: the weights the Gateway serves follow each action."""
+    from tests.integration.test_kubectl_plugin import run_plugin
+
+    scenario.create(rollout_spec([(25, 600), (100, 4)]), prometheus_url=node_cluster.prometheus_url)
+    stable = scenario.stable_rev
+    load = scenario.serve(node_cluster.prometheus_url)
+    canary = scenario.start_rollout()
+    scenario.wait(lambda ro, p: ro.get("canaryWeight") == 25, timeout=180, what="the first step (25%)")
+
+    run_plugin(node_cluster, "pause", POOL, "-n", scenario.ns)
+    ro = scenario.wait(lambda ro, p: ro.get("phase") == "Paused", timeout=30, what="paused by the SRE")
+    assert ro["pausedBy"] != "errorPolicy" and ro["canaryWeight"] == 25
+    paused_at = time.time()
+    time.sleep(3 * INTERVAL_S)
+    assert scenario.rollout()["canaryWeight"] == 25 and scenario.route_weights() == {stable: 75, canary: 25}
+    share, total = load.share(canary, since=paused_at)
+    assert total and 0 < share < total, (share, total)  # the Gateway still splits while paused
+
+    run_plugin(node_cluster, "resume", POOL, "-n", scenario.ns)
+    scenario.wait(lambda ro, p: ro.get("phase") == "Progressing", timeout=30, what="resumed")
+    run_plugin(node_cluster, "promote", POOL, "-n", scenario.ns)
+    ro = scenario.wait(lambda ro, p: ro.get("phase") == "Succeeded", timeout=60, what="promoted by the SRE")
+    promoted = time.time()
+    assert ro["stableRevision"] == canary and ro["history"][-1]["outcome"] == "Promoted"
+    assert scenario.route_weights() == {canary: 100}
+    # Traefik applies a route change after its provider throttle (2 s by default): within a few
+    # seconds every answer comes from the promoted revision.
+    settled = wait_all_answers_from(load, canary, since=promoted)
+    print(f"the Gateway served only the promoted revision {settled - promoted:.1f} s after promotion")
+    assert_users_saw_no_errors(load, canary)
+    assert_users_saw_no_errors(load, stable)
+    assert_gateway_never_failed(load, scenario)

@@ -85,6 +85,18 @@ INVALID = [
     ("model-zero-images",
      with_spec(MODEL, **{"limits.maxImagesPerRequest": 0}),
      ["spec.limits.maxImagesPerRequest"]),
+    ("model-fault-error-rate-above-one",
+     with_spec(MODEL, **{"faultInjection.errorRate": 1.5}),
+     ["spec.faultInjection.errorRate", "less than or equal to 1"]),
+    ("model-fault-negative-latency",
+     with_spec(MODEL, **{"faultInjection.latencySeconds": -1}),
+     ["spec.faultInjection.latencySeconds", "greater than or equal to 0"]),
+    ("model-fault-latency-above-60",
+     with_spec(MODEL, **{"faultInjection.latencySeconds": 61}),
+     ["spec.faultInjection.latencySeconds", "less than or equal to 60"]),
+    ("model-fault-injection-empty",
+     with_spec(MODEL, faultInjection={}),
+     ["spec.faultInjection", "needs errorRate or latencySeconds"]),
     ("pool-negative-replicas",
      with_spec(POOL, replicas=-1),
      ["spec.replicas", "greater than or equal to 0"]),
@@ -184,6 +196,18 @@ def test_defaults_are_applied(cluster, namespace):
     assert pool["rollout"]["errorPolicy"] == "Rollback"
     assert pool["traffic"]["provider"] == "service"
     assert pool["slo"]["availability"]["objective"] == 0.99
+
+
+def test_fault_injection_within_bounds_is_stored_as_written(cluster, namespace):
+    """The schema accepts it (the operator, not admission, decides whether it is allowed) and
+    defaults nothing into it: a model without it stays without it."""
+    apply(cluster, namespace, with_spec(MODEL, faultInjection={"errorRate": 0.3, "latencySeconds": 1.5}), check=True)
+    model = json.loads(cluster.kubectl("get", MODELS, "m", "-n", namespace, "-o", "json").stdout)["spec"]
+    assert model["faultInjection"] == {"errorRate": 0.3, "latencySeconds": 1.5}
+    cluster.kubectl("patch", MODELS, "m", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"faultInjection": None}}))
+    model = json.loads(cluster.kubectl("get", MODELS, "m", "-n", namespace, "-o", "json").stdout)["spec"]
+    assert "faultInjection" not in model
 
 
 def test_invalid_update_is_rejected(cluster, namespace):

@@ -85,7 +85,7 @@ def prometheus(prometheus_bin, tmp_path_factory):
     model = build_tiny_model(tmp_path_factory.mktemp("dash-model") / "tiny-sd")
     sampler = SamplerProcess("dash", model, work, pool=POOL, revision=REVISION,
                              **{**ROLLOUT_SAMPLER_ENV, "SAMPLER_SAFETY_BLOCKLIST": BLOCKED})
-    prom = PrometheusServer(prometheus_bin, work / "prometheus")
+    prom = PrometheusServer(prometheus_bin, work / "prometheus", file_targets=True)
     pool_obj = {"apiVersion": "diffusion.serving.dev/v1alpha1", "kind": "InferencePool",
                 "metadata": {"name": POOL, "namespace": NAMESPACE, "uid": "uid-1"}}
     groups = prometheus_rule(pool_obj, PoolSpec.from_body(SPEC), REVISION)["spec"]["groups"]

@@ -212,6 +212,38 @@ def test_missing_model_then_created(cluster, namespace, operator):
     pool_ready(cluster, namespace)
 
 
+def test_fault_injection_refused_without_the_flag(cluster, namespace, operator):
+    """The session operator runs without --allow-fault-injection: a model asking for the
+    sampler's test-only faults is refused on the model and on its pool, and nothing is deployed."""
+    assert not operator.settings.allow_fault_injection
+    dm = yaml.safe_load(DM.read_text())
+    dm["spec"]["faultInjection"] = {"errorRate": 0.5}
+    cluster.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(dm))
+    apply_examples(cluster, namespace, POOL)
+
+    def refused(kind, type_):
+        def check():
+            c = condition(get(cluster, namespace, kind, "tiny"), type_)
+            return c and c["status"] == "False" and c["reason"] == "FaultInjectionNotAllowed" and c
+        return check
+    for kind, type_ in (("diffusionmodel", "Ready"), ("diffusionmodel", "Valid"), ("inferencepool", "Valid"),
+                        ("inferencepool", "Ready")):
+        c = wait_for(refused(kind, type_), what=f"{kind} {type_}=False FaultInjectionNotAllowed")
+        assert "--allow-fault-injection" in c["message"], c
+    assert get(cluster, namespace, "inferencepool", "tiny")["status"]["phase"] == "Pending"
+
+    def warned():
+        kinds = {e["involvedObject"]["kind"] for e in events(cluster, namespace, "tiny")
+                 if e["reason"] == "FaultInjectionNotAllowed" and e["type"] == "Warning"}
+        return kinds == {"DiffusionModel", "InferencePool"}
+    wait_for(warned, what="a FaultInjectionNotAllowed Warning on the model and on the pool")
+    assert not get(cluster, namespace, "deployments")["items"]
+    # Without the field the same model is served.
+    cluster.kubectl("-n", namespace, "patch", "diffusionmodel", "tiny", "--type=merge",
+                    "-p", json.dumps({"spec": {"faultInjection": None}}))
+    pool_ready(cluster, namespace)
+
+
 def test_missing_secret_on_model(cluster, namespace, operator):
     dm = {"apiVersion": "diffusion.serving.dev/v1alpha1", "kind": "DiffusionModel", "metadata": {"name": "gated"},
           "spec": {"source": {"uri": "hf://org/gated-model", "revision": "0123456789abcdef0123456789abcdef01234567",

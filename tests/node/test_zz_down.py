@@ -23,7 +23,8 @@ def _cli(cluster, *args: str) -> subprocess.CompletedProcess:
 def test_dev_status_shows_the_node_and_dev_up_is_idempotent(node_cluster):
     status = _cli(node_cluster, "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    assert re.search(rf"node {node.NODE_NAME}\s+Ready; nvidia.com/gpu 2; kubelet v1\.36\.3, containerd://1\.6",
+    gpus = node_cluster.config.node_gpus
+    assert re.search(rf"node {node.NODE_NAME}\s+Ready; nvidia.com/gpu {gpus}; kubelet v1\.36\.3, containerd://1\.6",
                      status.stdout), status.stdout
     for name in ("containerd", "kubelet", "kube-proxy"):
         assert re.search(rf"{name}\s+pid \d+\s+healthy", status.stdout), status.stdout

@@ -42,6 +42,7 @@ def test_native_generate_returns_png_of_requested_size_with_seed_revision_timing
         assert set(img["timings"]) >= {"queue_wait_s", "denoise_s", "decode_s", "batch_size"}
         assert img["timings"]["denoise_s"] > 0
     assert resp.headers["x-request-id"] == body["id"]
+    assert resp.headers["x-diffusion-revision"] == REVISION  # behind a weighted route: who answered
 
 
 def test_openai_endpoint_returns_png_of_requested_size(server):

@@ -1,9 +1,12 @@
-"""A load generator that behaves like the data plane of a canary rollout: it sends requests to
-local sampler processes, split between revisions by the weights the operator decided
-(re-read from the pool's HTTPRoute, or from the state machine in the benchmark).
+"""Load through the real data plane: requests sent to the local cluster's Gateway (Traefik on
+127.0.0.1), which splits them between the revisions' pods by the weights the operator wrote
+into the pool's HTTPRoute. Nothing here reads the weights or picks a backend.
 
-Used by tests/e2e and benchmarks/rollout_timing.py. It records what it sent and what came
-back; judging that is the caller's job.
+Each answer is attributed to the revision that served it by the sampler's
+``x-diffusion-revision`` response header; an answer without one (Traefik's own 502/503/404
+when no backend is ready) counts under :data:`GATEWAY`. Used by tests/e2e,
+benchmarks/rollout_timing.py and ``diffusion-operator dev demo`` does the same in its own
+module. It records what came back; judging that is the caller's job.
 """
 
 from __future__ import annotations
@@ -15,90 +18,78 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+#: Where an answer that no sampler gave is counted.
+GATEWAY = "gateway"
+REQUEST = {"prompt": "a lighthouse at dusk", "width": 32, "height": 32, "steps": 1}
 
-class LoadGenerator:
-    """Sends ``rps`` requests per second, split over revisions by ``weights_fn()``
-    (``{revision: weight}``, re-read every ``refresh_s`` in its own thread) with smooth
-    weighted round robin, to ``backends[revision]`` (a sampler URL). A revision with weight but
-    no backend counts as ``unrouted``. Requests run on a thread pool, so a slow canary does not
-    slow the others down. Tiny requests: 32x32, one step."""
 
-    def __init__(self, weights_fn, backends: dict[str, str], rps: float = 10.0, refresh_s: float = 1.0,
-                 workers: int = 48) -> None:
-        self.weights_fn, self.backends, self.rps, self.refresh_s = weights_fn, dict(backends), rps, refresh_s
-        self.weights: dict[str, int] = {}
-        self.sent: Counter = Counter()
+def paced(rps: float, stop: threading.Event, tick) -> None:
+    """Call ``tick()`` ``rps`` times a second until ``stop`` is set; a loop that falls behind
+    does not burst to catch up."""
+    period = 1.0 / rps
+    next_at = time.monotonic()
+    while not stop.is_set():
+        tick()
+        next_at += period
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
+        else:
+            next_at = time.monotonic()
+
+
+class GatewayLoad:
+    """Sends ``rps`` requests per second to ``url`` (the Gateway listener) with ``Host: host``
+    (the pool's HTTPRoute hostname), on a thread pool, so a slow canary does not slow the rest
+    down. Tiny requests: 32x32, one step."""
+
+    def __init__(self, url: str, host: str, rps: float = 10.0, workers: int = 48, timeout: float = 60) -> None:
+        self.url, self.host, self.rps, self.timeout = url.rstrip("/"), host, rps, timeout
         self.codes: dict[str, Counter] = defaultdict(Counter)
-        self.first_sent: dict[str, float] = {}  # revision -> time.time() of its first request
-        self.unrouted = 0
-        self.weight_log: list[tuple[float, dict[str, int]]] = []
+        self.first_answer: dict[str, float] = {}  # revision -> time.time() of its first answer
+        self.answers: list[tuple[float, str, int]] = []  # (time.time(), revision, status)
+        self.sent = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="load")
-        self._threads = [threading.Thread(target=self._refresh, daemon=True, name="load-weights"),
-                         threading.Thread(target=self._send_loop, daemon=True, name="load-send")]
+        self._thread = threading.Thread(target=self._send_loop, daemon=True, name="load-send")
         self._session = threading.local()
 
-    def start(self) -> LoadGenerator:
-        self._refresh_once()
-        for t in self._threads:
-            t.start()
+    def start(self) -> GatewayLoad:
+        self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join(10)
+        self._thread.join(10)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _refresh_once(self) -> None:
-        try:
-            w = self.weights_fn()
-        except Exception:  # noqa: BLE001 - keep the last known weights, as a data plane would
-            return
-        if w != self.weights:
-            self.weights = w
-            self.weight_log.append((time.time(), dict(w)))
-
-    def _refresh(self) -> None:
-        while not self._stop.wait(self.refresh_s):
-            self._refresh_once()
+    def share(self, revision: str, since: float = 0.0, until: float | None = None) -> tuple[int, int]:
+        """(answers by ``revision``, all answers) between two times."""
+        with self._lock:
+            window = [r for t, r, _ in self.answers if t >= since and (until is None or t < until)]
+        return sum(1 for r in window if r == revision), len(window)
 
     def _send_loop(self) -> None:
-        current: dict[str, float] = defaultdict(float)
-        period = 1.0 / self.rps
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            weights = {r: w for r, w in self.weights.items() if w > 0}
-            if weights:
-                total = sum(weights.values())
-                for r, w in weights.items():
-                    current[r] += w
-                pick = max(weights, key=lambda r: current[r])
-                current[pick] -= total
-                url = self.backends.get(pick)
-                if url is None:
-                    self.unrouted += 1
-                else:
-                    with self._lock:
-                        self.sent[pick] += 1
-                        self.first_sent.setdefault(pick, time.time())
-                    self._pool.submit(self._one, pick, url)
-            next_at += period
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                self._stop.wait(delay)
-            else:
-                next_at = time.monotonic()  # fell behind: do not burst to catch up
+        def send() -> None:
+            self.sent += 1
+            self._pool.submit(self.one)
 
-    def _one(self, revision: str, url: str) -> None:
+        paced(self.rps, self._stop, send)
+
+    def one(self) -> tuple[str, int]:
+        """One request; returns (revision that answered, status)."""
         s = getattr(self._session, "s", None)
         if s is None:
             s = self._session.s = requests.Session()
         try:
-            code = s.post(url + "/v1/generate", json={"prompt": "a lighthouse at dusk", "width": 32, "height": 32,
-                                                      "steps": 1}, timeout=30).status_code
+            resp = s.post(self.url + "/v1/generate", json=REQUEST, headers={"Host": self.host}, timeout=self.timeout)
+            revision, code = resp.headers.get("x-diffusion-revision", GATEWAY), resp.status_code
         except requests.RequestException:
-            code = 0
+            revision, code = GATEWAY, 0
+        now = time.time()
         with self._lock:
             self.codes[revision][code] += 1
+            self.first_answer.setdefault(revision, now)
+            self.answers.append((now, revision, code))
+        return revision, code

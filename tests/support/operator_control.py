@@ -80,18 +80,20 @@ class OperatorControl:
     start again; the caller stops it at teardown. Never two at once."""
 
     #: ``diffusion_operator.settings.Settings`` fields over their defaults: file:// model
-    #: sources (the tiny model is a local directory) and the test tick.
-    SETTINGS = {"allow_file_sources": True, "tick_seconds": TICK_S}
+    #: sources (the tiny model is a directory on the node), the sampler's test-only fault
+    #: injection (faulty canaries) and the test tick.
+    SETTINGS = {"allow_file_sources": True, "allow_fault_injection": True, "tick_seconds": TICK_S}
 
-    def __init__(self, kubeconfig: Path) -> None:
+    def __init__(self, kubeconfig: Path, **overrides) -> None:
         self.kubeconfig = kubeconfig
+        self.overrides = overrides
         self.proc = None
         self.starts = 0
         self._outputs: list[str] = []  # what each stopped operator logged
 
     def start(self) -> None:
         assert self.proc is None, "operator already running"
-        self.proc = OperatorProcess(self.kubeconfig, **self.SETTINGS).start()
+        self.proc = OperatorProcess(self.kubeconfig, **{**self.SETTINGS, **self.overrides}).start()
         self.starts += 1
 
     def stop(self) -> None:

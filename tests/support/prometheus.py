@@ -1,7 +1,8 @@
-"""Prometheus for the rollout tests and the rollout benchmark: file-based-discovery targets
-(:class:`TargetFile`), an instant query, waiting until targets are scraped, and a Prometheus
-server of our own (:class:`PrometheusServer`) for a scenario that kills it or a benchmark that
-runs without a cluster.
+"""Prometheus for the rollout tests and benchmarks: an instant query, waiting until a
+namespace's sampler pods are scraped (:func:`wait_pods_scraped`), and a Prometheus server of our
+own (:class:`PrometheusServer`) for a scenario that kills it: it discovers the cluster's pods
+like the cluster's own. File-based-discovery targets (:class:`TargetFile`) remain for the one
+test that scrapes a sampler process outside any cluster (tests/integration/test_dashboard_queries.py).
 
 The scrape configuration is the local cluster's (``devcluster.manifests.prometheus_config``),
 so what a test sees here is what ``diffusion-operator dev up`` runs. Not the operator's metrics
@@ -50,6 +51,18 @@ def _scraped(url: str, target: TargetFile) -> bool:
     return any(r["value"][1] == "1" for r in prom_query(url, f"up{{{sel}}}"))
 
 
+def wait_pods_scraped(url: str, namespace: str, count: int, timeout: float = 60) -> None:
+    """Until Prometheus scrapes ``count`` sampler pods of ``namespace`` successfully."""
+    query = f'sum(up{{job="diffusion-sampler-pods",namespace="{namespace}"}})'
+
+    def scraped() -> bool:
+        result = prom_query(url, query)
+        return bool(result) and float(result[0]["value"][1]) >= count
+
+    wait_for(scraped, timeout, 0.5, f"Prometheus at {url} to scrape {count} sampler pod(s) in {namespace}",
+             ignoring=(requests.RequestException,))
+
+
 def wait_scraped(url: str, targets: list[TargetFile], timeout: float = 60) -> None:
     """Until Prometheus has scraped every target successfully under its labels."""
     pending = list(targets)
@@ -65,10 +78,12 @@ def wait_scraped(url: str, targets: list[TargetFile], timeout: float = 60) -> No
 
 
 class PrometheusServer:
-    """A Prometheus of our own (1 s scrapes, file-based discovery), for a scenario that kills it
-    or a benchmark that runs without a cluster. Same config as the local cluster's."""
+    """A Prometheus of our own (1 s scrapes), for a scenario that kills it. With ``kubeconfig``
+    (the local cluster's Prometheus ServiceAccount) it discovers sampler pods exactly as the
+    cluster's Prometheus does; with ``file_targets`` it also reads :class:`TargetFile` s."""
 
-    def __init__(self, binary: Path, workdir: Path) -> None:
+    def __init__(self, binary: Path, workdir: Path, *, kubeconfig: Path | None = None,
+                 file_targets: bool = False) -> None:
         from diffusion_operator.devcluster import manifests
 
         self.binary, self.dir = Path(binary), Path(workdir)
@@ -77,7 +92,8 @@ class PrometheusServer:
         self.targets_dir = self.dir / "targets"
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "prometheus.yml"
-        self.config.write_text(yaml.safe_dump(manifests.prometheus_config(f"{SCRAPE_S}s", self.targets_dir, self.port)))
+        self.config.write_text(yaml.safe_dump(manifests.prometheus_config(
+            f"{SCRAPE_S}s", self.port, kubeconfig=kubeconfig, targets_dir=self.targets_dir if file_targets else None)))
         self.log_path = self.dir / "prometheus.log"
         self.proc: subprocess.Popen | None = None
 

@@ -1,27 +1,25 @@
 """The vocabulary of a canary-rollout scenario on the local cluster: the pool and model every
-scenario creates, the test-sized analysis timings, the revisions the operator will compute, and
-:class:`Scenario`, which drives one pool in one namespace and reads back what happened.
+scenario creates, the test-sized analysis timings, and :class:`Scenario`, which drives one
+pool in one namespace and reads back what happened.
 
-What a scenario runs, all on this machine:
+What a scenario runs, all on this machine and all through Kubernetes:
 
-- the real local cluster of ``tests/conftest.py`` (kwok fakes the pods, which become Ready by
-  themselves), with the operator in-process (:mod:`tests.support.operator_control`);
-- real sampler processes (:mod:`tests.support.samplers`) on the tiny model, one per revision,
-  labelled with the pool and revision the operator computes, registered with Prometheus by
-  file-based discovery (:class:`tests.support.prometheus.TargetFile`);
-- a load generator (:class:`tests.support.load.LoadGenerator`) that reads the weights the
-  operator writes into the pool's HTTPRoute and splits its requests between the local samplers
-  by those weights.
+- the local cluster of ``tests/conftest.py``'s ``node_cluster``: its real node runs the
+  operator's sampler Deployments (our image, the tiny model from a hostPath), Traefik is the
+  Gateway API data plane, and the cluster's Prometheus discovers the pods through the API
+  server (``kubernetes_sd_configs``, as the pool's PodMonitor selects them);
+- the operator in-process (:mod:`tests.support.operator_control`), as its ServiceAccount;
+- load through the Gateway (:class:`tests.support.load.GatewayLoad`), which Traefik splits by
+  the HTTPRoute's weights; each answer names its revision (``x-diffusion-revision``).
 
-Every pool is called ``tiny`` and every scenario lives in its own namespace; the samplers'
-series get a ``namespace`` target label and the pools set
-``spec.rollout.analysis.extraSelector: namespace="<ns>"``, as a PodMonitor-scraped
-production pool would. That keeps scenarios apart in the one shared Prometheus and lets the
-samplers that do not inject faults (stable, healthy canary) be started once per session: a
-target file registered under a new namespace label is a new series from its first scrape.
+Faults are a property of the revision: the canary's DiffusionModel change adds the test-only
+``spec.faultInjection`` (the operator runs with ``allow_fault_injection``), so the canary pods
+inject them and nothing outside the cluster does.
 
-This module only drives and observes; the assertions belong to tests/e2e. Nothing here imports
-torch; the samplers are separate processes.
+Every pool is called ``tiny``, every scenario lives in its own namespace and routes by the
+hostname ``<namespace>.e2e.local`` on the one Gateway; the pools set
+``spec.rollout.analysis.extraSelector: namespace="<ns>"``, as a production pool sharing a
+Prometheus would. This module only drives and observes; the assertions belong to tests/e2e.
 """
 
 from __future__ import annotations
@@ -29,21 +27,16 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
-from pathlib import Path
 
 import yaml
 
-from tests.support.load import LoadGenerator
+from tests.support.load import GATEWAY, GatewayLoad
 from tests.support.polling import wait_for
-from tests.support.prometheus import TargetFile, wait_scraped
-from tests.support.samplers import SamplerProcess
+from tests.support.prometheus import wait_pods_scraped
 
 API = "diffusion.serving.dev/v1alpha1"
 POOL = "tiny"
 MODEL = "tiny"
-#: Part of the pool revision (model revision + image); set explicitly so the operator's
-#: sampler_image setting cannot change the revisions predicted here.
-SAMPLER_IMAGE = "ghcr.io/diffusion-serving/diffusion-sampler:e2e"
 LABEL_POOL = "diffusion.serving.dev/pool"
 LABEL_REVISION = "diffusion.serving.dev/revision"
 
@@ -54,18 +47,17 @@ INTERVAL_S = 2
 SHORT_WINDOW_INTERVALS = 4
 SHORT_WINDOW_S = INTERVAL_S * SHORT_WINDOW_INTERVALS
 
-DM_SPEC = {"precision": "fp32", "defaults": {"steps": 4, "width": 64, "height": 64}}
+#: The tiny model on the real node's disk (``dev up`` writes it; the node_cluster fixture too).
+DM_SPEC = {"precision": "fp32", "defaults": {"steps": 4, "width": 64, "height": 64},
+           "safety": {"checker": "off"}}
 #: The change every scenario rolls out: a new default step count gives a new revision.
 CANARY_PATCH = {"spec": {"defaults": {"steps": 8}}}
-
-#: Sampler flavours: name -> (role, SAMPLER_* env). The fault-free ones are shared by every
-#: scenario; each faulty canary serves one scenario.
-FLAVOURS = {
-    "stable": ("stable", {}),
-    "canary": ("canary", {}),
-    "canary-errors": ("canary", {"SAMPLER_FAULT_ERROR_RATE": "0.3"}),
-    "canary-slow": ("canary", {"SAMPLER_FAULT_LATENCY_S": "1.5", "SAMPLER_MAX_BATCH_SIZE": "16"}),
-}
+#: Faulty canaries: the same change plus the sampler's test-only fault injection.
+ERRORS_PATCH = {"spec": {"defaults": {"steps": 8}, "faultInjection": {"errorRate": 0.3}}}
+SLOW_PATCH = {"spec": {"defaults": {"steps": 8}, "faultInjection": {"latencySeconds": 1.5}}}
+#: Requests small enough for two sampler pods on two shared cores; the memory limit is what
+#: the tiny model needs with torch, with room.
+POOL_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "3Gi"}}
 
 
 def parse_time(text: str) -> datetime:
@@ -80,26 +72,10 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def model_manifest(model_dir: Path, spec: dict | None = None) -> dict:
-    """The DiffusionModel: file:// at the tiny model (part of the revision, like every
-    output-defining field; kwok's pods never read it, the local samplers do)."""
+def model_manifest(model_uri: str, spec: dict | None = None) -> dict:
+    """The DiffusionModel: ``model_uri`` (file:// on the real node) and DM_SPEC."""
     return {"apiVersion": API, "kind": "DiffusionModel", "metadata": {"name": MODEL},
-            "spec": {"source": {"uri": f"file://{model_dir}"}, **(spec or DM_SPEC)}}
-
-
-def predict_revisions(cluster, namespace: str, model_dir: Path) -> tuple[str, str]:
-    """(stable, canary) pool revisions the operator will compute for DM_SPEC and DM_SPEC with
-    CANARY_PATCH: the DiffusionModel as the apiserver stores it (server-side dry run, so CRD
-    defaults are in), hashed the operator's way. The tests assert the prediction against the
-    status, so a drift here fails loudly instead of routing to the wrong sampler."""
-    from diffusion_operator.spec import ModelSpec, model_revision, pool_revision
-
-    out = []
-    for spec in (DM_SPEC, _merge(DM_SPEC, CANARY_PATCH["spec"])):
-        obj = json.loads(cluster.kubectl("-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-",
-                                         input=yaml.safe_dump(model_manifest(model_dir, spec))).stdout)
-        out.append(pool_revision(model_revision(ModelSpec.from_body(MODEL, obj["spec"])), SAMPLER_IMAGE))
-    return out[0], out[1]
+            "spec": {"source": {"uri": model_uri}, **(spec or DM_SPEC)}}
 
 
 def rollout_spec(steps, *, deadline: int = 120, error_policy: str = "Rollback", error_limit: int = 4,
@@ -116,13 +92,15 @@ def rollout_spec(steps, *, deadline: int = 120, error_policy: str = "Rollback", 
 
 
 class Scenario:
-    """One pool ``tiny`` in one namespace, with its samplers, targets and load."""
+    """One pool ``tiny`` in one namespace, its revisions' pods on the real node, load through
+    the Gateway."""
 
-    def __init__(self, cluster, namespace: str, revisions: tuple[str, str], model_dir: Path) -> None:
-        self.cluster, self.ns, self.model_dir = cluster, namespace, model_dir
-        self.stable_rev, self.canary_rev = revisions
-        self.targets: list[TargetFile] = []
-        self.load: LoadGenerator | None = None
+    def __init__(self, cluster, namespace: str, model_uri: str) -> None:
+        self.cluster, self.ns, self.model_uri = cluster, namespace, model_uri
+        self.host = f"{namespace}.e2e.local"
+        self.stable_rev: str | None = None
+        self.canary_rev: str | None = None
+        self.load: GatewayLoad | None = None
         self.seen: list[dict] = []  # every rollout status read, in order (with "_at": time.time())
 
     # ---- cluster objects
@@ -135,17 +113,23 @@ class Scenario:
         res = self.kubectl(*args, check=False)
         return json.loads(res.stdout) if res.returncode == 0 else None
 
-    def create(self, rollout: dict, *, prometheus_url: str, slo: dict | None = None) -> None:
+    def create(self, rollout: dict, *, prometheus_url: str, slo: dict | None = None,
+               batching: dict | None = None) -> None:
         pool = {"apiVersion": API, "kind": "InferencePool", "metadata": {"name": POOL},
-                "spec": {"modelRef": {"name": MODEL}, "image": SAMPLER_IMAGE, "replicas": 1, "gpu": {"count": 1},
-                         "traffic": {"provider": "gateway-api", "parentRefs": [{"name": "e2e-gateway"}]},
+                "spec": {"modelRef": {"name": MODEL}, "replicas": 1, "gpu": {"count": 1},
+                         "resources": POOL_RESOURCES,
+                         "batching": batching or {"maxBatchSize": 8, "maxWaitMs": 20},
+                         "traffic": {"provider": "gateway-api", "parentRefs": [self.cluster.gateway_ref],
+                                     "hostnames": [self.host]},
                          "prometheus": {"url": prometheus_url, "timeoutSeconds": 2},
+                         "monitoring": {"scrapeIntervalSeconds": 1},
                          "slo": slo or {"availability": {"objective": 0.99}},
                          "rollout": _merge(rollout, {"analysis": {"extraSelector": f'namespace="{self.ns}"'}})}}
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([model_manifest(self.model_dir), pool]))
-        st = self.wait(lambda ro, p: ro.get("stableRevision") and p["status"].get("phase") == "Ready",
-                       timeout=90, what="pool Ready on its first revision")
-        assert st["stableRevision"] == self.stable_rev, "revision prediction drifted from the operator's"
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([model_manifest(self.model_uri), pool]))
+        ro = self.wait(lambda ro, p: ro.get("stableRevision") and p["status"].get("phase") == "Ready"
+                       and p["status"].get("readyReplicas", 0) >= 1,
+                       timeout=240, what="pool Ready on its first revision (a real pod)")
+        self.stable_rev = ro["stableRevision"]
 
     def pool(self) -> dict:
         p = self.get("inferencepool", POOL)
@@ -170,12 +154,13 @@ class Scenario:
 
         def status() -> str:
             shown = {k: v for k, v in last.items() if k != "history"}
-            return f"rollout status: {json.dumps(shown, default=str)[:3000]}"
+            pods = self.kubectl("get", "pods", "-o", "wide", check=False).stdout
+            return f"rollout status: {json.dumps(shown, default=str)[:3000]}\npods:\n{pods}"
 
         (ro,) = wait_for(matched, timeout, interval, what, detail=status)
         return ro
 
-    def wait_gone(self, kind: str, name: str, timeout: float = 30) -> None:
+    def wait_gone(self, kind: str, name: str, timeout: float = 60) -> None:
         """Until ``kind/name`` no longer exists in this namespace."""
         wait_for(lambda: self.get(kind, name) is None, timeout, 0.5, f"{kind} {name} to be gone")
 
@@ -193,30 +178,44 @@ class Scenario:
                                         "-o", "json").stdout)["items"]
         return [e for e in items if reason is None or e["reason"] == reason]
 
-    def start_rollout(self) -> None:
-        self.kubectl("patch", "diffusionmodel", MODEL, "--type=merge", "-p", json.dumps(CANARY_PATCH))
-        self.wait(lambda ro, p: ro.get("canaryRevision") or ro.get("stableRevision") == self.canary_rev,
-                  timeout=60, what="the canary revision in the status")
-        assert self.rollout().get("canaryRevision") in (self.canary_rev, None)
+    def start_rollout(self, patch: dict | None = None) -> str:
+        """Change the model (``CANARY_PATCH`` by default); returns the canary revision."""
+        self.kubectl("patch", "diffusionmodel", MODEL, "--type=merge", "-p", json.dumps(patch or CANARY_PATCH))
+        ro = self.wait(lambda ro, p: ro.get("canaryRevision") or (ro.get("stableRevision") != self.stable_rev),
+                       timeout=60, what="the canary revision in the status")
+        self.canary_rev = ro.get("canaryRevision") or ro.get("stableRevision")
+        return self.canary_rev
 
-    # ---- local processes
+    # ---- load through the Gateway
 
-    def serve(self, prom_url: str, targets_dir: Path, stable: SamplerProcess | None, canary: SamplerProcess | None,
-              rps: float = 10.0) -> None:
-        """Register the samplers with Prometheus under this namespace, then send load by the
-        HTTPRoute's weights."""
-        backends = {}
-        for role, s in (("stable", stable), ("canary", canary)):
-            if s is None:
-                continue
-            self.targets.append(TargetFile(targets_dir, f"{self.ns}-{role}", s.port,
-                                           {"namespace": self.ns, "role": role}))
-            backends[s.revision] = s.url
-        wait_scraped(prom_url, self.targets)
-        self.load = LoadGenerator(self.route_weights, backends, rps=rps).start()
+    def serve(self, prom_url: str, rps: float = 10.0) -> GatewayLoad:
+        """Once Prometheus scrapes the stable's pod, send load through the Gateway."""
+        wait_pods_scraped(prom_url, self.ns, 1)
+        gateway = self.cluster.gateway_url
+        assert gateway, "the cluster runs no Gateway"
+        self.wait_routed()
+        # Traefik reports the route Accepted a moment before it serves it; a new route is not
+        # what the scenarios judge, so the load starts once a sampler answers through it.
+        probe = GatewayLoad(gateway, self.host)
+        wait_for(lambda: probe.one()[0] != GATEWAY, 30, 0.2, f"a sampler answering through the Gateway for {self.host}",
+                 detail=lambda: f"answers so far: {dict(probe.codes)}")
+        self.load = GatewayLoad(gateway, self.host, rps=rps).start()
+        return self.load
+
+    def wait_routed(self, timeout: float = 60) -> None:
+        """Until Traefik has accepted the pool's HTTPRoute at its current generation."""
+        def accepted() -> bool:
+            route = self.get("httproute", POOL) or {}
+            gen = route.get("metadata", {}).get("generation")
+            for parent in route.get("status", {}).get("parents", []):
+                for c in parent.get("conditions", []):
+                    if c["type"] == "Accepted" and c["status"] == "True" and c.get("observedGeneration") == gen:
+                        return True
+            return False
+
+        wait_for(accepted, timeout, 0.3, "the Gateway to accept the pool's HTTPRoute",
+                 detail=lambda: json.dumps((self.get("httproute", POOL) or {}).get("status"), default=str))
 
     def close(self) -> None:
         if self.load is not None:
             self.load.stop()
-        for t in self.targets:
-            t.remove()

@@ -188,3 +188,43 @@ def test_analysis_is_scoped_to_the_pool_namespace():
     assert namespaced_selector("prod", "") == 'namespace="prod"'
     assert namespaced_selector("prod", 'cluster="eu-1"') == 'namespace="prod",cluster="eu-1"'
     assert namespaced_selector("prod", 'namespace="other"') == 'namespace="other"'
+
+
+# --------------------------------------------------------------------------- fault injection (tests and demos only)
+
+
+def test_fault_injection_is_parsed_with_defaults_off():
+    assert (model().fault_error_rate, model().fault_latency_s, model().fault_injection) == (0.0, 0.0, False)
+    m = model(faultInjection={"errorRate": 0.3})
+    assert (m.fault_error_rate, m.fault_latency_s, m.fault_injection) == (0.3, 0.0, True)
+    m = model(faultInjection={"latencySeconds": 1.5})
+    assert (m.fault_error_rate, m.fault_latency_s, m.fault_injection) == (0.0, 1.5, True)
+
+
+def test_fault_injection_is_a_new_revision_and_leaves_other_revisions_alone():
+    base = model()
+    assert "faults" not in base.output_defining()  # models without it keep the revision they had
+    errors, slow = model(faultInjection={"errorRate": 0.3}), model(faultInjection={"latencySeconds": 1.5})
+    assert len({model_revision(base), model_revision(errors), model_revision(slow),
+                model_revision(model(faultInjection={"errorRate": 0.5}))}) == 4
+    assert model_revision(model(faultInjection={"errorRate": 0, "latencySeconds": 0})) == model_revision(base)
+
+
+def test_fault_injection_env_only_when_set():
+    plain = env(builders.deployment(POOL_OBJ, pool(), model(), "abc1234567", 1))
+    assert not {k for k in plain if k.startswith("SAMPLER_FAULT_")}
+    e = env(builders.deployment(POOL_OBJ, pool(), model(faultInjection={"errorRate": 0.3}), "abc1234567", 1))
+    assert e["SAMPLER_FAULT_ERROR_RATE"] == "0.3" and "SAMPLER_FAULT_LATENCY_S" not in e
+    e = env(builders.deployment(POOL_OBJ, pool(), model(faultInjection={"errorRate": 1, "latencySeconds": 2.5}),
+                                "abc1234567", 1))
+    assert e["SAMPLER_FAULT_ERROR_RATE"] == "1.0" and e["SAMPLER_FAULT_LATENCY_S"] == "2.5"
+
+
+def test_snapshot_round_trip_keeps_fault_injection_and_reads_older_snapshots():
+    m = model(faultInjection={"errorRate": 0.3, "latencySeconds": 1.5})
+    snap = ModelSpec.from_snapshot(yaml.safe_load(yaml.safe_dump(m.to_snapshot())))
+    assert snap == m and model_revision(snap) == model_revision(m)
+    # a ControllerRevision written before the field existed: the stable it restores injects nothing
+    old = {k: v for k, v in model().to_snapshot().items() if not k.startswith("fault_")}
+    restored = ModelSpec.from_snapshot(old)
+    assert restored == model() and not restored.fault_injection

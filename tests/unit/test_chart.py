@@ -103,6 +103,15 @@ def _value_lines():
 
 
 @pytest.mark.unit
+def test_fault_injection_is_off_by_default_and_wired_to_the_setting():
+    assert _values()["allowFaultInjection"] is False
+    assert _schema()["properties"]["allowFaultInjection"] == {"type": "boolean"}
+    template = (CHART / "templates" / "deployment.yaml").read_text()
+    assert "{{- if .Values.allowFaultInjection }}" in template
+    assert "DIFFUSION_OPERATOR_ALLOW_FAULT_INJECTION" in template
+
+
+@pytest.mark.unit
 def test_every_value_is_commented():
     undocumented = [f"line {n}: {k}" for _, k, n, doc, parent in _value_lines() if not doc and not parent]
     assert not undocumented, f"values.yaml keys without a comment: {undocumented}"
@@ -178,6 +187,7 @@ def test_schema_and_values_name_the_same_keys():
     ({"metrics": {"port": "9090"}}, "metrics.port"),
     ({"replicas": "2"}, "replicas"),
     ({"typo": 1}, "typo"),
+    ({"allowFaultInjection": "yes"}, "allowFaultInjection"),
 ])
 def test_schema_rejects_bad_values(patch, bad):
     values = {**_values(), **patch}
@@ -321,6 +331,15 @@ def _assert_leader_election_role(docs, sa_name, namespace):
                                   "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": namespace}]
     return role
+
+
+@pytest.mark.e2e
+def test_helm_allow_fault_injection_sets_the_env_only_when_on(helm):
+    [c] = _one(_render(helm), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "DIFFUSION_OPERATOR_ALLOW_FAULT_INJECTION" not in {e["name"] for e in c["env"]}
+    assert not any("fault" in a for a in c["args"])
+    [c] = _one(_render(helm, "allowFaultInjection=true"), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "DIFFUSION_OPERATOR_ALLOW_FAULT_INJECTION", "value": "true"} in c["env"]
 
 
 @pytest.mark.e2e

@@ -203,6 +203,32 @@ def test_scheduler_enum_matches_sampler_contract():
     assert enum["default"] in listed
 
 
+def test_fault_injection_is_bounded_optional_and_says_it_is_test_only():
+    spec = schema_of("DiffusionModel")["properties"]["spec"]
+    assert "faultInjection" not in spec.get("required", []) and "default" not in spec["properties"]["faultInjection"]
+    fi = spec["properties"]["faultInjection"]
+    for words in ("tests and demos only", "off by default", "--allow-fault-injection", "FaultInjectionNotAllowed"):
+        assert words in fi["description"], words
+    rate, latency = fi["properties"]["errorRate"], fi["properties"]["latencySeconds"]
+    assert (rate["type"], rate["minimum"], rate["maximum"]) == ("number", 0, 1)
+    assert (latency["type"], latency["minimum"], latency["maximum"]) == ("number", 0, 60)
+    assert not any("default" in f for f in (rate, latency))
+    assert [r["rule"] for r in fi["x-kubernetes-validations"]] == ["has(self.errorRate) || has(self.latencySeconds)"]
+    schema = schema_of("DiffusionModel")
+    doc = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "DiffusionModel", "metadata": {"name": "m"},
+           "spec": {"source": {"uri": "pvc://models/sd"}}}
+    for ok in ({"errorRate": 0}, {"errorRate": 1}, {"errorRate": 0.3, "latencySeconds": 60}, {"latencySeconds": 0.5}):
+        assert validate({**doc, "spec": {**doc["spec"], "faultInjection": ok}}, schema, "") == [], ok
+    for bad, field in (({"errorRate": 1.5}, "spec.faultInjection.errorRate"),
+                       ({"errorRate": -0.1}, "spec.faultInjection.errorRate"),
+                       ({"latencySeconds": -1}, "spec.faultInjection.latencySeconds"),
+                       ({"latencySeconds": 61}, "spec.faultInjection.latencySeconds"),
+                       ({"errorRate": "half"}, "spec.faultInjection.errorRate"),
+                       ({"rate": 0.5}, "unknown field rate")):
+        errs = "\n".join(validate({**doc, "spec": {**doc["spec"], "faultInjection": bad}}, schema, ""))
+        assert field in errs, (bad, errs)
+
+
 def test_burn_rate_defaults_are_the_workbooks():
     analysis = schema_of("InferencePool")["properties"]["spec"]["properties"]["rollout"]["properties"]["analysis"]
     pairs = analysis["properties"]["windows"]["default"]

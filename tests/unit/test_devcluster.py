@@ -64,11 +64,57 @@ def test_kubeconfig_embeds_credentials(tmp_path):
     assert kc["users"][0]["user"]["client-key-data"]
 
 
-def test_prometheus_scrapes_file_targets(tmp_path):
-    cfg = manifests.prometheus_config("1s", tmp_path, 9999)
+def test_local_prometheus_discovers_what_the_pools_podmonitor_selects(tmp_path):
+    from diffusion_operator import builders
+    from diffusion_operator.spec import PoolSpec
+
+    cfg = manifests.prometheus_config("1s", 9999, kubeconfig=tmp_path / "kc")
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert "local" not in jobs, "the cluster's Prometheus has no file discovery"
+    pods = jobs["diffusion-sampler-pods"]
+    assert pods["kubernetes_sd_configs"] == [{"role": "pod", "kubeconfig_file": str(tmp_path / "kc")}]
+    keep = {tuple(r["source_labels"]): r["regex"] for r in pods["relabel_configs"] if r.get("action") == "keep"}
+    pool = {"apiVersion": "diffusion.serving.dev/v1alpha1", "kind": "InferencePool",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"}, "spec": {"modelRef": {"name": "m"}}}
+    monitor = builders.monitor(pool, PoolSpec.from_body(pool["spec"]))
+    (label,) = monitor["spec"]["selector"]["matchLabels"]
+    assert keep[(f"__meta_kubernetes_pod_labelpresent_{label.replace('.', '_').replace('/', '_')}",)] == "true"
+    assert keep[("__meta_kubernetes_pod_container_port_name",)] == monitor["spec"]["podMetricsEndpoints"][0]["port"]
+    assert pods["metrics_path"] == monitor["spec"]["podMetricsEndpoints"][0]["path"]
+    # the sampler's `endpoint` label must survive the target's `endpoint` label, in both
+    assert pods["honor_labels"] is True and monitor["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
+    # the labels a PodMonitor target gets, which the pools' extraSelector and dashboards use
+    targets = {r.get("target_label") for r in pods["relabel_configs"]}
+    assert {"namespace", "pod", "container", "endpoint"} <= targets
+    assert cfg["global"]["scrape_interval"] == "1s"
+
+
+def test_a_prometheus_outside_a_cluster_can_read_target_files(tmp_path):
+    cfg = manifests.prometheus_config("1s", 9999, targets_dir=tmp_path)
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert jobs["local"]["file_sd_configs"][0]["files"] == [str(tmp_path / "*.json")]
-    assert cfg["global"]["scrape_interval"] == "1s"
+    assert "diffusion-sampler-pods" not in jobs
+
+
+def test_the_gateway_listener_is_traefiks_loopback_entry_point():
+    static = manifests.traefik_static_config(port=18080, admin_port=18081)
+    assert static["entryPoints"]["web"]["address"] == "127.0.0.1:18080"
+    assert static["entryPoints"]["traefik"]["address"] == "127.0.0.1:18081"
+    objs = {o["kind"]: o for o in manifests.gateway_objects(18080)}
+    assert objs["GatewayClass"]["spec"]["controllerName"] == manifests.TRAEFIK_CONTROLLER
+    (listener,) = objs["Gateway"]["spec"]["listeners"]
+    assert listener["port"] == 18080 and listener["allowedRoutes"]["namespaces"]["from"] == "All"
+    assert objs["Gateway"]["spec"]["gatewayClassName"] == objs["GatewayClass"]["metadata"]["name"]
+
+
+def test_local_processes_get_least_privilege_not_wildcards():
+    for rules in (manifests.TRAEFIK_RULES, manifests.PROMETHEUS_RULES):
+        for rule in rules:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+            assert not {"create", "delete", "patch"} & set(rule["verbs"])
+    objs = {o["kind"]: o for o in manifests.service_account_access("traefik", "gw", manifests.TRAEFIK_RULES)}
+    assert objs["ClusterRoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": "traefik", "namespace": "gw"}]
+    assert objs["Secret"]["type"] == "kubernetes.io/service-account-token"
 
 
 def test_wrapper_gomod_pins_every_staging_module():

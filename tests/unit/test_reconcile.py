@@ -210,3 +210,88 @@ def test_analysis_settings_that_judge_nothing_are_a_warning_condition(kube):
     assert ("Warning", "WindowBelowScrapeInterval", c["message"]) in result.events
     assert result.error is None  # a warning: the pool still works
     assert run(kube).events == []  # said once
+
+
+# --------------------------------------------------------------------------- fault injection (tests and demos only)
+
+FAULTS = {"errorRate": 0.3, "latencySeconds": 1.5}
+
+
+def faulty_model(**faults) -> dict:
+    body = model(steps=8)
+    body["spec"]["faultInjection"] = faults or dict(FAULTS)
+    return body
+
+
+def test_fault_injection_refused_unless_allowed(kube):
+    kube.add(faulty_model())
+    result = run(kube, options=ReconcileOptions(allow_file_sources=True))  # allow_fault_injection off
+    assert result.error.reason == Reason.FAULT_INJECTION_NOT_ALLOWED
+    assert isinstance(result.error, SpecError) and isinstance(kopf_error(result.error), kopf.PermanentError)
+    assert result.status["phase"] == PoolPhase.PENDING
+    valid = cond(result.status, "Valid")
+    assert valid["status"] == "False" and valid["reason"] == "FaultInjectionNotAllowed"
+    assert "--allow-fault-injection" in valid["message"] and "spec.faultInjection" in valid["message"]
+    assert ("Warning", "FaultInjectionNotAllowed") in {e[:2] for e in result.events}
+    assert kube.of_kind("Deployment") == []
+
+
+def test_fault_injection_allowed_reaches_the_sampler_env(kube):
+    kube.add(faulty_model())
+    result = run(kube, options=ReconcileOptions(allow_file_sources=True, allow_fault_injection=True))
+    assert result.error is None
+    [dep] = kube.of_kind("Deployment")
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SAMPLER_FAULT_ERROR_RATE"] == "0.3" and env["SAMPLER_FAULT_LATENCY_S"] == "1.5"
+
+
+def test_a_faulty_model_is_a_canary_and_the_stable_keeps_serving_without_faults(kube):
+    options = ReconcileOptions(sampler_image="sampler:test", allow_file_sources=True, allow_fault_injection=True)
+    run(kube, options=options)
+    stable = kube.of_kind("Deployment")[0]["metadata"]["name"]
+    kube.set_deployment_ready(stable)
+    run(kube, options=options)
+    kube.add(faulty_model(errorRate=0.5))
+    result = run(kube, options=options)
+    ro = result.status["rollout"]
+    assert ro["canaryRevision"] and ro["canaryRevision"] != ro["stableRevision"]
+
+    def fault_env(name):
+        dep = kube.obj("Deployment", name)
+        return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+                if e["name"].startswith("SAMPLER_FAULT_")}
+    assert fault_env(f"tiny-{ro['canaryRevision']}") == {"SAMPLER_FAULT_ERROR_RATE": "0.5"}
+    assert fault_env(stable) == {}  # rebuilt from its ControllerRevision snapshot
+
+
+def test_model_with_fault_injection_refused_then_allowed_warns_once():
+    kube = FakeKube()
+    body = faulty_model()
+    result = reconcile_model(kube, body, allow_file_sources=True)
+    assert result.error.reason == Reason.FAULT_INJECTION_NOT_ALLOWED
+    for type_ in ("Valid", "Ready"):
+        c = cond(result.status, type_)
+        assert c["status"] == "False" and c["reason"] == "FaultInjectionNotAllowed"
+        assert "--allow-fault-injection" in c["message"]
+    assert [e[:2] for e in result.events] == [("Warning", "FaultInjectionNotAllowed")]
+
+    body = {**body, "status": result.status}
+    allowed = reconcile_model(kube, body, allow_file_sources=True, allow_fault_injection=True)
+    assert allowed.error is None
+    ready = cond(allowed.status, "Ready")
+    assert ready["status"] == "True" and "fault injection on" in ready["message"]
+    [warning] = [e for e in allowed.events if e[1] == "FaultInjectionEnabled"]
+    assert warning[0] == "Warning" and "errorRate 0.3" in warning[2] and "latencySeconds 1.5" in warning[2]
+    again = reconcile_model(kube, {**body, "status": allowed.status}, allow_file_sources=True,
+                            allow_fault_injection=True)
+    assert again.events == []  # said once per change, not on every pass
+
+
+def test_new_faulty_revision_warns_and_models_without_faults_do_not():
+    kube = FakeKube()
+    plain = reconcile_model(kube, model(), allow_file_sources=True, allow_fault_injection=True)
+    assert [e[1] for e in plain.events] == ["RevisionComputed"]
+    body = {**faulty_model(), "status": plain.status}
+    faulty = reconcile_model(kube, body, allow_file_sources=True, allow_fault_injection=True)
+    assert [e[1] for e in faulty.events] == ["RevisionComputed", "FaultInjectionEnabled"]
+    assert faulty.status["revision"] != plain.status["revision"]

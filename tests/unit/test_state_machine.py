@@ -159,15 +159,23 @@ def test_fail_rolls_back_at_once_and_is_not_retried():
     s = drv.status
     assert s.phase == Phase.ROLLED_BACK and s.canary_revision is None and s.canary_weight == 0
     assert weights(d) == {"r1": 100}
-    assert ("scale-down", "r2") in [(a.kind, a.revision) for a in d.actions]
+    # Traffic leaves at once; the pods only after the scale-down delay (30 s), so requests the
+    # data plane still sends there before it applies the route are answered, not refused.
+    assert "scale-down" not in [a.kind for a in d.actions]
+    assert active_revisions(s) == ("r1", "r2") and s.scale_down_queue[-1]["weight"] == 10
     warning = d.events[0]
     assert (warning.event_type, warning.reason) == ("Warning", Reason.AVAILABILITY_EXCEEDED)
     assert "300x" in warning.message and "14.4x" in warning.message
     assert s.failed_revision_names == ("r2",)
     assert s.history[-1]["outcome"] == "RolledBack" and s.reason == Reason.AVAILABILITY_EXCEEDED
 
+    assert drv.step(69).actions == ()
+    d = drv.step(70)
+    assert [(a.kind, a.revision) for a in d.actions if a.kind == "scale-down"] == [("scale-down", "r2")]
+    assert active_revisions(drv.status) == ("r1",)
+
     # The same (bad) revision stays desired: nothing is restarted, the reason is kept.
-    for sec in (50, 500, 5000):
+    for sec in (80, 500, 5000):
         d = drv.step(sec)
         assert d.actions == () and drv.status.phase == Phase.ROLLED_BACK
     assert drv.status.reason == Reason.AVAILABILITY_EXCEEDED
@@ -347,7 +355,8 @@ def test_spec_reverted_to_stable_cancels_the_rollout():
     drv.to_step0()
     d = drv.step(30, revision="r1")
     assert drv.status.phase == Phase.STABLE and drv.status.canary_revision is None
-    assert weights(d) == {"r1": 100} and ("scale-down", "r2") in [(a.kind, a.revision) for a in d.actions]
+    assert weights(d) == {"r1": 100} and "scale-down" not in [a.kind for a in d.actions]
+    assert active_revisions(drv.status) == ("r1", "r2")  # its pods go after the scale-down delay
     assert drv.status.history[-1]["outcome"] == "Cancelled"
     assert drv.status.failed_revision_names == ()
 
@@ -581,7 +590,9 @@ def test_a_pause_survives_a_newer_revision():
     assert (s.phase, s.canary_revision, s.canary_weight, s.paused_by) == (Phase.PAUSED, "r3", 0, "user")
     assert reasons(d) == [EventReason.ROLLOUT_SUPERSEDED, EventReason.ROLLOUT_STARTED, EventReason.ROLLOUT_PAUSED]
     assert weights(d) == {"r1": 100}
-    assert drv.step(200).actions == ()  # held, no deadline while paused
+    # held, no deadline while paused; only the superseded r2's pods go after their delay
+    assert [(a.kind, a.revision) for a in drv.step(200).actions if a.kind != "event"] == [("scale-down", "r2")]
+    assert drv.step(205).actions == ()
     drv.step(210, action="resume@2")
     assert drv.status.phase == Phase.PENDING
     drv.step(220)

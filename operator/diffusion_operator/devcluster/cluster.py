@@ -7,9 +7,12 @@ recycled pid. Ports are chosen free at start, so a test cluster and a ``dev up``
 side by side without colliding.
 
 Start order: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, then the
-simulated nodes and CRDs are applied, then Prometheus. A component that does not become
-healthy raises ``ComponentStartError`` naming it with the tail of its log, after the ones
-already started are stopped again.
+simulated nodes and CRDs are applied, the real node (containerd, kubelet, kube-proxy) if asked
+for, Prometheus (discovering pods through the API server), Traefik with the Gateway ``dev`` if
+asked for, and the operator as a process if asked for. Prometheus, Traefik and the operator
+each authenticate as a ServiceAccount of their own, bound to what they need. A component that
+does not become healthy raises ``ComponentStartError`` naming it with the tail of its log,
+after the ones already started are stopped again.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from . import manifests, node, pki, toolchain
 Progress = Callable[[str], None]
 REPO_CRDS = Path(__file__).resolve().parents[3] / "crds"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", *node.NODE_COMPONENTS,
-              "prometheus")
+              "prometheus", "traefik", "operator")
 
 
 class ClusterError(RuntimeError):
@@ -61,9 +64,17 @@ class ClusterConfig:
     project_crds: Path | None = REPO_CRDS
     # A real worker node (containerd, kubelet, kube-proxy) beside the kwok nodes: 0 or 1.
     real_nodes: int = 0
-    node_gpus: int = 2
+    node_gpus: int = 4
     # Load the sampler and operator images into the real node (the pause image always goes).
     node_images: tuple[Path, ...] = ()
+    # Traefik as the Gateway API data plane, with the Gateway ``dev`` pools attach to (useful
+    # with a real node: the simulated nodes' pod addresses lead nowhere).
+    gateway: bool = False
+    gateway_port: int = 0  # preferred listener port (0 or taken: any free one)
+    # The operator as a process of this cluster (``diffusion-operator run`` with a ServiceAccount
+    # of its own, told the local Prometheus); extra ``run`` arguments in ``operator_args``.
+    operator: bool = False
+    operator_args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -79,6 +90,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -150,8 +170,14 @@ class LocalCluster:
         return self.state().get("prometheus_url")
 
     @property
-    def prometheus_targets_dir(self) -> Path:
-        return self.dir / "prometheus" / "targets"
+    def gateway_url(self) -> str | None:
+        """The Gateway ``dev``'s listener (Traefik's entry point) on 127.0.0.1."""
+        return self.state().get("gateway_url")
+
+    @property
+    def gateway_ref(self) -> dict:
+        """What a pool puts in ``spec.traffic.parentRefs`` to attach to the Gateway ``dev``."""
+        return {"name": manifests.GATEWAY_NAME, "namespace": manifests.GATEWAY_NAMESPACE}
 
     # --- kubectl ---------------------------------------------------------------------------
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
@@ -252,7 +278,10 @@ class LocalCluster:
         tools = self.tools
         self.dir.mkdir(parents=True, exist_ok=True)
         keys = pki.ensure_pki(self.dir / "pki")
-        ports = {n: free_port() for n in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok", "prometheus")}
+        ports = {n: free_port() for n in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok", "prometheus",
+                                           "gateway", "gateway-admin", "operator-health", "operator-metrics")}
+        if self.config.gateway_port and _port_free(self.config.gateway_port):
+            ports["gateway"] = self.config.gateway_port
         server = f"https://127.0.0.1:{ports['apiserver']}"
         state: dict = {"name": self.config.name, "server": server, "ports": ports, "components": {},
                        "config": {"gpu_nodes": self.config.gpu_nodes, "gpus_per_node": self.config.gpus_per_node}}
@@ -356,12 +385,14 @@ class LocalCluster:
             self._start_node(state, keys, say)
 
         if self.config.prometheus:
-            say("starting Prometheus")
+            say("starting Prometheus (discovers sampler pods through the API server)")
             pdir = self.dir / "prometheus"
-            self.prometheus_targets_dir.mkdir(parents=True, exist_ok=True)
+            pdir.mkdir(parents=True, exist_ok=True)
             cfg = pdir / "prometheus.yml"
+            access = self.service_account_kubeconfig("prometheus", "diffusion-monitoring",
+                                                     manifests.PROMETHEUS_RULES, pdir / "kubeconfig")
             cfg.write_text(yaml.safe_dump(manifests.prometheus_config(
-                self.config.scrape_interval, self.prometheus_targets_dir, ports["prometheus"])))
+                self.config.scrape_interval, ports["prometheus"], kubeconfig=access)))
             self._spawn(state, "prometheus", [
                 str(tools.prometheus), f"--config.file={cfg}", f"--storage.tsdb.path={pdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{ports['prometheus']}", "--web.enable-lifecycle",
@@ -370,6 +401,75 @@ class LocalCluster:
             self._wait_healthy(state, "prometheus", 60)
             state["prometheus_url"] = f"http://127.0.0.1:{ports['prometheus']}"
             self._save(state)
+
+        if self.config.gateway:
+            self._start_gateway(state, ports, say)
+        if self.config.operator:
+            self._start_operator(state, ports, say)
+
+    def service_account_kubeconfig(self, name: str, namespace: str, rules: list[dict], path: Path,
+                                   timeout: float = 60) -> Path:
+        """A kubeconfig for ServiceAccount ``namespace/name`` bound to ``rules`` only, with the
+        long-lived token the controller manager writes into its token Secret."""
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests.service_account_access(
+            name, namespace, rules)))
+        deadline = time.monotonic() + timeout
+        while True:
+            token = self.kubectl("-n", namespace, "get", "secret", f"{name}-token", "-o",
+                                 "jsonpath={.data.token}", check=False).stdout.strip()
+            if token:
+                break
+            if time.monotonic() > deadline:
+                raise ClusterError(f"no token in Secret {namespace}/{name}-token after {timeout:.0f} s "
+                                   "(is kube-controller-manager's token controller running?)")
+            time.sleep(0.3)
+        import base64
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return self.token_kubeconfig(base64.b64decode(token).decode(), path, namespace)
+
+    def _start_gateway(self, state: dict, ports: dict, say: Progress) -> None:
+        say("starting Traefik (Gateway API) and the Gateway 'dev'")
+        traefik = toolchain.ensure_traefik()
+        gdir = self.dir / "traefik"
+        access = self.service_account_kubeconfig("traefik", manifests.GATEWAY_NAMESPACE, manifests.TRAEFIK_RULES,
+                                                 gdir / "kubeconfig")
+        cfg = gdir / "traefik.yml"
+        cfg.write_text(yaml.safe_dump(manifests.traefik_static_config(port=ports["gateway"],
+                                                                      admin_port=ports["gateway-admin"])))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
+        env["KUBECONFIG"] = str(access)
+        self._spawn(state, "traefik", [str(traefik), f"--configFile={cfg}"],
+                    f"http://127.0.0.1:{ports['gateway-admin']}/ping", env=env)
+        self._wait_healthy(state, "traefik", 60)
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests.gateway_objects(ports["gateway"])))
+        try:
+            self.kubectl("-n", manifests.GATEWAY_NAMESPACE, "wait", "--for=condition=Programmed",
+                         f"gateway/{manifests.GATEWAY_NAME}", "--timeout=60s", timeout=90)
+        except ClusterError as exc:
+            raise ComponentStartError("traefik", f"the Gateway was not programmed: {exc}",
+                                      _tail(Path(state["components"]["traefik"]["log"]))) from None
+        state["gateway_url"] = f"http://127.0.0.1:{ports['gateway']}"
+        self._save(state)
+
+    def _start_operator(self, state: dict, ports: dict, say: Progress) -> None:
+        say("starting the operator (diffusion-operator run, as its ServiceAccount)")
+        import sys
+
+        rules = yaml.safe_load((REPO_CRDS.parent / "charts/diffusion-operator/files/rbac-rules.yaml").read_text())
+        access = self.service_account_kubeconfig("diffusion-operator", "diffusion-system",
+                                                 rules["framework"] + rules["application"],
+                                                 self.dir / "operator" / "kubeconfig")
+        cmd = [sys.executable, "-m", "diffusion_operator.cli", "run", f"--kubeconfig={access}",
+               "--lease-namespace=diffusion-system", f"--liveness-port={ports['operator-health']}",
+               f"--metrics-port={ports['operator-metrics']}"]
+        if state.get("prometheus_url"):
+            cmd.append(f"--prometheus-url={state['prometheus_url']}")
+        cmd += list(self.config.operator_args)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
+        env["POD_NAMESPACE"] = "diffusion-system"
+        self._spawn(state, "operator", cmd, f"http://127.0.0.1:{ports['operator-health']}/healthz", env=env)
+        self._wait_healthy(state, "operator", 90)
 
     @property
     def node_paths(self) -> node.NodePaths:

@@ -96,21 +96,140 @@ def token_kubeconfig(server: str, ca_cert: Path, token: str, name: str, namespac
     }
 
 
-def prometheus_config(scrape_interval: str, targets_dir: Path, self_port: int) -> dict:
-    """Prometheus scrapes itself and every target file dropped into ``targets_dir``.
+def prometheus_config(scrape_interval: str, self_port: int, *, kubeconfig: Path | None = None,
+                      targets_dir: Path | None = None) -> dict:
+    """Prometheus scrapes itself and, with ``kubeconfig``, the sampler pods the way a cluster's
+    Prometheus Operator would for the pools' PodMonitors (:func:`sampler_pod_scrape`).
 
-    File-based discovery is how local processes (samplers, the operator) join scraping
-    without a restart: write ``<name>.json`` with ``[{"targets": ["127.0.0.1:PORT"],
-    "labels": {...}}]`` and it is picked up within a second or two.
+    ``targets_dir`` adds file-based discovery, for a Prometheus of a test or benchmark that
+    scrapes processes outside any cluster; the local cluster's own Prometheus has none.
     """
+    jobs: list[dict] = [{"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{self_port}"]}]}]
+    if kubeconfig is not None:
+        jobs.append(sampler_pod_scrape(kubeconfig))
+    if targets_dir is not None:
+        jobs.append({"job_name": "local",
+                     "file_sd_configs": [{"files": [str(targets_dir / "*.json")], "refresh_interval": "1s"}]})
+    return {"global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+            "scrape_configs": jobs}
+
+
+#: What the operator's PodMonitor selects (``builders.monitor``): pods with the pool label, the
+#: container port named ``http``, path /metrics.
+POOL_LABEL = "diffusion.serving.dev/pool"
+SAMPLER_PORT_NAME = "http"
+
+
+def _meta_label(label: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in label)
+
+
+def sampler_pod_scrape(kubeconfig: Path) -> dict:
+    """One scrape job discovering pods through the API server (``kubernetes_sd_configs``, role
+    pod, authenticated by ``kubeconfig``) and relabelled as the Prometheus Operator relabels a
+    PodMonitor's targets: ``namespace``, ``pod``, ``container`` and ``endpoint`` labels, honouring
+    the sampler's own labels as the PodMonitor asks (``builders.monitor``). Pods that are not
+    running (pending, finished) are dropped, as their addresses are not reachable."""
+    pool = _meta_label(POOL_LABEL)
     return {
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-        "scrape_configs": [
-            {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{self_port}"]}]},
-            {"job_name": "local",
-             "file_sd_configs": [{"files": [str(targets_dir / "*.json")], "refresh_interval": "1s"}]},
+        "job_name": "diffusion-sampler-pods",
+        "metrics_path": "/metrics",
+        "honor_labels": True,  # as the PodMonitor says: the sampler's own `endpoint` label wins
+        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
+        "relabel_configs": [
+            {"source_labels": [f"__meta_kubernetes_pod_labelpresent_{pool}"], "regex": "true", "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": SAMPLER_PORT_NAME,
+             "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "target_label": "endpoint"},
         ],
     }
+
+
+def service_account_access(name: str, namespace: str, rules: list[dict]) -> list[dict]:
+    """A ServiceAccount bound to exactly ``rules`` (a ClusterRole of its own) and a long-lived
+    token Secret for it: how a local process (Traefik, Prometheus, the operator) reaches the API
+    server with least privilege instead of the admin certificate."""
+    role = f"diffusion-dev:{namespace}:{name}"
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+         "metadata": {"name": f"{name}-token", "namespace": namespace,
+                      "annotations": {"kubernetes.io/service-account.name": name}}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
+         "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+    ]
+
+
+#: Prometheus' pod discovery: read pods, nothing else.
+PROMETHEUS_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+
+# --- the Gateway API data plane (Traefik) ---------------------------------------------------------
+GATEWAY_NAMESPACE = "diffusion-gateway"
+GATEWAY_NAME = "dev"
+GATEWAY_CLASS = "traefik"
+TRAEFIK_CONTROLLER = "traefik.io/gateway-controller"
+#: Traefik's Gateway provider (its documented ClusterRole, less TCPRoutes of the experimental
+#: channel and pod names in OpenTelemetry attributes). Secrets and
+#: ConfigMaps: Traefik watches them for listener certificates and CA bundles and does not start
+#: its informers without them.
+TRAEFIK_RULES = [
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["services", "secrets", "configmaps"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["gateway.networking.k8s.io"],
+     "resources": ["gatewayclasses", "gateways", "httproutes", "grpcroutes", "tlsroutes", "referencegrants",
+                   "backendtlspolicies"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["gateway.networking.k8s.io"],
+     "resources": ["gatewayclasses/status", "gateways/status", "httproutes/status", "grpcroutes/status",
+                   "tlsroutes/status", "backendtlspolicies/status"],
+     "verbs": ["update"]},
+]
+
+
+def traefik_static_config(*, port: int, admin_port: int) -> dict:
+    """Traefik's static configuration: one HTTP entry point on 127.0.0.1 that the Gateway's
+    listener binds to (Traefik matches a listener to the entry point with its port), ping and
+    its own metrics on a second loopback port, and the Kubernetes Gateway provider (its client
+    comes from $KUBECONFIG). Routes go straight to pod addresses from EndpointSlices, so a
+    weighted HTTPRoute is split by Traefik's weighted round robin, not by kube-proxy."""
+    return {
+        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+        "entryPoints": {
+            "web": {"address": f"127.0.0.1:{port}",
+                    # image generation takes seconds to minutes; the sampler enforces its own timeout
+                    "transport": {"respondingTimeouts": {"readTimeout": "600s", "writeTimeout": "600s"}}},
+            "traefik": {"address": f"127.0.0.1:{admin_port}"},
+        },
+        "ping": {"entryPoint": "traefik"},
+        "metrics": {"prometheus": {"entryPoint": "traefik"}},
+        "providers": {"kubernetesGateway": {"statusAddress": {"ip": "127.0.0.1"}, "throttleDuration": "0s"}},
+        "log": {"level": "INFO", "noColor": True},
+    }
+
+
+def gateway_objects(port: int) -> list[dict]:
+    """The GatewayClass Traefik controls and the Gateway pools attach to
+    (``spec.traffic.parentRefs: [{name: dev, namespace: diffusion-gateway}]``), admitting
+    HTTPRoutes from every namespace."""
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": GATEWAY_NAMESPACE}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": GATEWAY_CLASS},
+         "spec": {"controllerName": TRAEFIK_CONTROLLER}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+         "metadata": {"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE},
+         "spec": {"gatewayClassName": GATEWAY_CLASS,
+                  "listeners": [{"name": "http", "protocol": "HTTP", "port": port,
+                                 "allowedRoutes": {"namespaces": {"from": "All"}}}]}},
+    ]
 
 
 # --- the real worker node ----------------------------------------------------------------------

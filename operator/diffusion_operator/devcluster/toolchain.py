@@ -50,6 +50,7 @@ GATEWAY_API_CRDS = (
     "gateway.networking.k8s.io_gateways.yaml",
     "gateway.networking.k8s.io_httproutes.yaml",
     "gateway.networking.k8s.io_grpcroutes.yaml",
+    "gateway.networking.k8s.io_tlsroutes.yaml",  # standard since v1.5; Traefik's provider watches it
     "gateway.networking.k8s.io_referencegrants.yaml",
     "gateway.networking.k8s.io_backendtlspolicies.yaml",
     "gateway.networking.k8s.io_listenersets.yaml",
@@ -478,3 +479,105 @@ VERSITYGW_VERSION = "v1.8.0"
 
 def ensure_versitygw(progress: Progress | None = _stderr_progress) -> Path:
     return ensure_go_binary("github.com/versity/versitygw/cmd/versitygw", VERSITYGW_VERSION, "versitygw", progress)
+
+
+# The local cluster's Gateway API data plane. Traefik's go.mod carries replace directives, so
+# `go install module@version` refuses it: the module's source is copied and built in place, with
+# three changes, each because the Go module proxy these machines reach lacks a dependency:
+# - the nested module ``dynamic/ext`` (left out of the release zip) is written: two empty structs;
+# - Containous's fork of go-http-auth is not served: upstream abbot/go-http-auth v0.4.0 instead,
+#   which lacks two functions the fork added, so the basicAuth and digestAuth middlewares refuse
+#   to be created, with an error saying so (the local cluster uses neither);
+# - six of lego's ACME DNS-provider SDKs are not served: the DNS-01 challenge is cut out, and a
+#   config that asks for it gets an error naming the provider (the local cluster has no ACME).
+TRAEFIK_VERSION = "v3.7.13"
+# A nested module the release zip leaves out (a local `replace ./pkg/config/dynamic/ext`): two
+# empty extension structs, embedded inline in dynamic.HTTP and dynamic.Router.
+_TRAEFIK_EXT_GO = """// Package ext: written by the diffusion-operator toolchain (the open-source build: empty).
+package ext
+
+// HTTP extends dynamic.HTTP; empty in the open-source build.
+type HTTP struct{}
+
+// Router extends dynamic.Router; empty in the open-source build.
+type Router struct{}
+"""
+
+
+def ensure_traefik(progress: Progress | None = _stderr_progress) -> Path:
+    """Traefik (its Kubernetes Gateway API provider), about 10 minutes cold on 2 cores."""
+    base = cache_root() / "traefik" / TRAEFIK_VERSION
+    binary = base / "bin" / "traefik"
+    if binary.exists():
+        return binary
+    with _lock("traefik"):
+        if binary.exists():
+            return binary
+        _require("go")
+        if progress:
+            progress(f"Building Traefik {TRAEFIK_VERSION} from the Go module proxy (first run only: about 10 "
+                     f"minutes on 2 cores). Later runs reuse {binary}.")
+        src = go_module_dir("github.com/traefik/traefik/v3", TRAEFIK_VERSION)
+        work = cache_root() / "build" / f"traefik-{TRAEFIK_VERSION}"
+        if work.exists():
+            shutil.rmtree(work)
+        shutil.copytree(src, work, ignore=shutil.ignore_patterns("webui", "integration", "docs"))
+        for path in [work, *work.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | 0o200)
+        ext = work / "pkg" / "config" / "dynamic" / "ext"
+        ext.mkdir(parents=True, exist_ok=True)
+        (ext / "go.mod").write_text("module github.com/traefik/traefik/dynamic/ext\n\ngo 1.24.0\n")
+        (ext / "ext.go").write_text(_TRAEFIK_EXT_GO)
+        # the dashboard's assets are built with npm; the binary only needs the embed directory
+        static = work / "webui" / "static"
+        static.mkdir(parents=True, exist_ok=True)
+        (static / "README.md").write_text("The dashboard is not built for the local cluster.\n")
+        shutil.copyfile(src / "webui" / "embed.go", work / "webui" / "embed.go")
+        _patch_traefik(work)
+        partial = binary.with_name("traefik.partial")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        ldflags = f"-s -w -X github.com/traefik/traefik/v3/pkg/version.Version={TRAEFIK_VERSION}"
+        _run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(partial), "./cmd/traefik"], cwd=work,
+             env=_go_env(), what="building traefik", progress=progress)
+        partial.rename(binary)
+        shutil.rmtree(work, ignore_errors=True)
+    return binary
+
+
+_NOT_BUILT = "not built into the local cluster's Traefik (diffusion-operator toolchain)"
+_TRAEFIK_PATCHES = {
+    "pkg/middlewares/auth/basic_auth.go": [
+        ("\tba := &basicAuth{\n",
+         f'\treturn nil, fmt.Errorf("basicAuth middleware: {_NOT_BUILT}")\n\n\tba := &basicAuth{{\n'),
+        ("checkSecret:       goauth.CheckSecret,", "checkSecret:       func(string, string) bool { return false },"),
+    ],
+    "pkg/middlewares/auth/digest_auth.go": [
+        ("\tda := &digestAuth{\n",
+         f'\treturn nil, fmt.Errorf("digestAuth middleware: {_NOT_BUILT}")\n\n\tda := &digestAuth{{\n'),
+        ("d.auth.RequireAuthStale(rw, req)", "d.auth.RequireAuth(rw, req)"),
+    ],
+    "pkg/provider/acme/provider.go": [
+        ('\t"github.com/go-acme/lego/v5/providers/dns"\n', ""),
+        ("provider, err = dns.NewDNSChallengeProviderByName(p.DNSChallenge.Provider)",
+         f'provider, err = nil, fmt.Errorf("ACME DNS challenge provider %q: {_NOT_BUILT}", p.DNSChallenge.Provider)'),
+    ],
+}
+
+
+def _patch_traefik(work: Path) -> None:
+    """The changes the header above lists; each must match exactly once (a new Traefik version
+    that moved the code fails here, naming the file, instead of building something else)."""
+    for rel, edits in _TRAEFIK_PATCHES.items():
+        path = work / rel
+        text = path.read_text()
+        for old, new in edits:
+            if text.count(old) != 1:
+                raise ToolchainError(f"Traefik {TRAEFIK_VERSION}: {rel} no longer has {old.strip()!r} exactly once; "
+                                     f"update _TRAEFIK_PATCHES")
+            text = text.replace(old, new)
+        path.write_text(text)
+    env = _go_env()
+    _run(["go", "mod", "edit", "-dropreplace=github.com/abbot/go-http-auth",
+          "-require=github.com/abbot/go-http-auth@v0.4.0"], cwd=work, env=env, what="editing Traefik's go.mod")
+    _run(["go", "mod", "tidy", "-e"], cwd=work, env=env, what="resolving Traefik's dependencies")

@@ -21,7 +21,8 @@ def model_changed(body, memo: kopf.Memo, **_) -> None:
     state: OperatorState = memo.state
     body = dict(body)
     started = time.monotonic()
-    result = reconcile_model(state.kube, body, allow_file_sources=state.settings.allow_file_sources)
+    result = reconcile_model(state.kube, body, allow_file_sources=state.settings.allow_file_sources,
+                             allow_fault_injection=state.settings.allow_fault_injection)
     conclude(state.kube, "DiffusionModel", body, result.status, result.events, result.error,
              time.monotonic() - started)
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]

@@ -62,7 +62,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     log.info("operator started", extra={"identity": ours.identity, "workers": ours.workers,
                                         "tick_seconds": ours.tick_seconds,
                                         "prometheus_url": ours.prometheus_url or "",
-                                        "allow_file_sources": ours.allow_file_sources})
+                                        "allow_file_sources": ours.allow_file_sources,
+                                        "allow_fault_injection": ours.allow_fault_injection})
 
 
 def cleanup(memo: kopf.Memo, **_) -> None:

@@ -49,7 +49,8 @@ class OperatorState:
         self.settings = settings
         self.kube = kube or Kube(cache=ObjectCache(WATCHED_KINDS), kubeconfig=settings.kubeconfig)
         self.options = ReconcileOptions(sampler_image=settings.sampler_image,
-                                        allow_file_sources=settings.allow_file_sources)
+                                        allow_file_sources=settings.allow_file_sources,
+                                        allow_fault_injection=settings.allow_fault_injection)
         self._pools: dict[PoolKey, PoolRuntime] = {}
         self._lock = threading.Lock()
         self._providers: dict[tuple, PrometheusProvider] = {}

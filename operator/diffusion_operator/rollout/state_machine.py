@@ -484,9 +484,9 @@ class _Run:
         failed = [f for f in self.s["failed_revisions"] if f["revision"] != rev]
         failed.append({"revision": rev, "reason": reason, "message": message, "at": self.now_s})
         self.s["failed_revisions"] = failed[-MAX_FAILED_REVISIONS:]
+        self._drain_canary(rev)
         self._clear_canary(Phase.ROLLED_BACK, reason, message)
         self.weights()
-        self.actions.append(Action("scale-down", revision=rev))
         self.actions.append(Action("rollback", revision=rev, reason=reason, message=message))
         self.event("Warning", reason, f"rolled back revision {rev}: {message}")
 
@@ -506,10 +506,23 @@ class _Run:
     def end_canary(self, outcome: str, reason: str, message: str, phase: str) -> None:
         rev = self.s["canary_revision"]
         self._history(outcome, reason, message)
+        self._drain_canary(rev)
         self._clear_canary(phase, reason, message)
         self.weights()
-        self.actions.append(Action("scale-down", revision=rev))
         self.event("Normal", reason, f"revision {rev}: {message}")
+
+    def _drain_canary(self, rev: str | None) -> None:
+        """Traffic leaves the canary now (weights), its pods after ``scaleDownDelaySeconds``: the
+        data plane applies a route change a moment after the HTTPRoute is written, and requests
+        it still sends to a deleted Service or a terminating pod fail (measured through Traefik:
+        a 500 for the missing Service, 503 from the draining sampler). The queue entry keeps the
+        canary's last weight, so it keeps the replicas it had, not the stable's count."""
+        if not rev:
+            return
+        at = format_time(self.now + timedelta(seconds=self.spec.scale_down_delay_s))
+        queue = [q for q in self.s["scale_down_queue"] if q["revision"] != rev]
+        entry = {"revision": rev, "at": at, "weight": self.s["canary_weight"]}
+        self.s["scale_down_queue"] = (queue + [entry])[-MAX_SCALE_DOWN_QUEUE:]
 
     # ---- steps
 
