@@ -46,7 +46,7 @@ healthy runs, a 5th failed check within the rollout counts as a Flagger false ro
 Each run gets fresh series: the samplers' target files are rewritten with a new ``run`` label
 and the analysis selects it (``extraSelector``), as the e2e tests do with ``namespace``.
 
-    .venv/bin/python benchmarks/rollout_timing.py                       # gateway, ~20 minutes
+    .venv/bin/python benchmarks/rollout_timing.py                       # gateway, ~25 minutes
     .venv/bin/python benchmarks/rollout_timing.py --data-plane direct   # ~12 minutes on 2 busy cores
 """
 
@@ -179,6 +179,7 @@ def gateway_run(scenario, *, kind: str, index: int, error_rate: float, steps: li
     before = scenario.rollout()
     stable = before.get("stableRevision")
     n_history = len(before.get("history") or [])
+    earlier_analysis = (before.get("lastAnalysis") or {}).get("at")
     patch = {"spec": {"defaults": {"guidanceScale": round(7.5 + 0.01 * index, 2)},
                       "faultInjection": {"errorRate": error_rate}}}
     scenario.stable_rev = stable
@@ -204,12 +205,13 @@ def gateway_run(scenario, *, kind: str, index: int, error_rate: float, steps: li
                     result.flagger_first_fail_at = time.time()
                 if result.flagger_failed_checks == FLAGGER_THRESHOLD and result.flagger_rollback_at is None:
                     result.flagger_rollback_at = time.time()
-            if a.get("outcome") == "fail":
-                trip = [b for b in avail if b.get("state") == "tripped"]
-                if trip:
-                    result.decisive_pair = (f"{trip[0]['factor']:g}x {trip[0]['longWindowSeconds']}s/"
-                                            f"{trip[0]['shortWindowSeconds']}s")
         history = ro.get("history") or []
+        # the analysis that failed is recorded in the same status write that clears the canary
+        if a.get("outcome") == "fail" and not result.decisive_pair and a.get("at") != earlier_analysis:
+            trip = [b for b in a.get("burnRates") or [] if b.get("state") == "tripped"]
+            if trip:
+                result.decisive_pair = (f"{trip[0]['factor']:g}x {trip[0]['longWindowSeconds']}s/"
+                                        f"{trip[0]['shortWindowSeconds']}s")
         if len(history) > n_history and history[-1].get("canaryRevision") == canary:
             last = history[-1]
             result.outcome = {"Promoted": sm.Phase.SUCCEEDED, "RolledBack": sm.Phase.ROLLED_BACK}.get(
@@ -257,14 +259,10 @@ def gateway_main(args) -> tuple[dict[float, list[RunResult]], list[RunResult]]:
                              allow_fault_injection=True, sampler_image=images.SAMPLER_IMAGE).start()
         cluster.kubectl("create", "namespace", "bench")
         scenario = Scenario(cluster, "bench", f"file://{DEV_MODEL_DIR}")
-        import tests.support.rollouts as ro_mod
         spec = rollout_spec([(25, 4), (50, 4), (100, 4)], min_requests=args.min_requests)
         spec["analysis"].update(intervalSeconds=args.interval, shortWindowIntervals=args.short_window_intervals)
-        scenario.create(spec, prometheus_url=cluster.prometheus_url)
-        base = {**DM_SPEC, "faultInjection": {"errorRate": BACKGROUND_ERROR_RATE}}
-        scenario.kubectl("patch", "diffusionmodel", ro_mod.MODEL, "--type=merge", "-p",
-                         json.dumps({"spec": base}))
-        scenario.wait(lambda r, p: p["status"].get("phase") == "Ready", timeout=300, what="the background revision")
+        scenario.create(spec, prometheus_url=cluster.prometheus_url,
+                        model_spec={**DM_SPEC, "faultInjection": {"errorRate": BACKGROUND_ERROR_RATE}})
         scenario.serve(cluster.prometheus_url, rps=args.rps)
         print(f"# cluster, pool and load ready in {time.monotonic() - t0:.0f}s; Gateway {cluster.gateway_url}",
               flush=True)

@@ -114,7 +114,7 @@ class Scenario:
         return json.loads(res.stdout) if res.returncode == 0 else None
 
     def create(self, rollout: dict, *, prometheus_url: str, slo: dict | None = None,
-               batching: dict | None = None) -> None:
+               batching: dict | None = None, model_spec: dict | None = None) -> None:
         pool = {"apiVersion": API, "kind": "InferencePool", "metadata": {"name": POOL},
                 "spec": {"modelRef": {"name": MODEL}, "replicas": 1, "gpu": {"count": 1},
                          "resources": POOL_RESOURCES,
@@ -125,7 +125,7 @@ class Scenario:
                          "monitoring": {"scrapeIntervalSeconds": 1},
                          "slo": slo or {"availability": {"objective": 0.99}},
                          "rollout": _merge(rollout, {"analysis": {"extraSelector": f'namespace="{self.ns}"'}})}}
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([model_manifest(self.model_uri), pool]))
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([model_manifest(self.model_uri, model_spec), pool]))
         ro = self.wait(lambda ro, p: ro.get("stableRevision") and p["status"].get("phase") == "Ready"
                        and p["status"].get("readyReplicas", 0) >= 1,
                        timeout=240, what="pool Ready on its first revision (a real pod)")
@@ -180,8 +180,10 @@ class Scenario:
 
     def start_rollout(self, patch: dict | None = None) -> str:
         """Change the model (``CANARY_PATCH`` by default); returns the canary revision."""
+        before = self.rollout().get("canaryRevision")
         self.kubectl("patch", "diffusionmodel", MODEL, "--type=merge", "-p", json.dumps(patch or CANARY_PATCH))
-        ro = self.wait(lambda ro, p: ro.get("canaryRevision") or (ro.get("stableRevision") != self.stable_rev),
+        ro = self.wait(lambda ro, p: (ro.get("canaryRevision") or before) != before
+                       or ro.get("stableRevision") != self.stable_rev,
                        timeout=60, what="the canary revision in the status")
         self.canary_rev = ro.get("canaryRevision") or ro.get("stableRevision")
         return self.canary_rev
