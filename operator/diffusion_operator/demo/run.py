@@ -55,7 +55,7 @@ ROLLOUT_TIMEOUT_S = 300
 Say = Callable[[str], None]
 
 
-def manifests(gateway_ref: dict) -> list[dict]:
+def manifests(gateway_ref: dict, prometheus_url: str | None) -> list[dict]:
     api = "diffusion.serving.dev/v1alpha1"
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
@@ -67,6 +67,8 @@ def manifests(gateway_ref: dict) -> list[dict]:
                   "batching": {"maxBatchSize": 8, "maxWaitMs": 20},
                   "traffic": {"provider": "gateway-api", "parentRefs": [gateway_ref], "hostnames": [HOST]},
                   "monitoring": {"scrapeIntervalSeconds": 2},
+                  # the cluster's own Prometheus, whatever the operator's default
+                  **({"prometheus": {"url": prometheus_url}} if prometheus_url else {}),
                   "slo": {"availability": {"objective": 0.99}},
                   "rollout": ROLLOUT}},
     ]
@@ -162,7 +164,8 @@ def play(cluster, out_dir: Path, say: Say, stream=None) -> int:
     t0 = time.monotonic()
     if cluster.kubectl("get", "namespace", NAMESPACE, check=False).returncode == 0:
         cleanup(cluster, say)  # a new run starts from scratch
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests(cluster.gateway_ref)))
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests(cluster.gateway_ref,
+                                                                           cluster.prometheus_url)))
     say(f"created DiffusionModel and InferencePool '{NAME}' in namespace {NAMESPACE}; waiting for its first pod")
     deadline = time.monotonic() + 300
     while not (ready := pool_ready(cluster.kubectl, NAMESPACE, NAME))[0]:

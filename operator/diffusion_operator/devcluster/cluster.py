@@ -278,9 +278,11 @@ class LocalCluster:
         tools = self.tools
         self.dir.mkdir(parents=True, exist_ok=True)
         keys = pki.ensure_pki(self.dir / "pki")
-        ports = {n: free_port() for n in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok", "prometheus",
-                                           "gateway", "gateway-admin", "operator-health", "operator-metrics")}
-        if self.config.gateway_port and _port_free(self.config.gateway_port):
+        names = ["etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok", "prometheus"]
+        names += ["gateway", "gateway-admin"] if self.config.gateway else []
+        names += ["operator-health", "operator-metrics"] if self.config.operator else []
+        ports = {n: free_port() for n in names}
+        if self.config.gateway and self.config.gateway_port and _port_free(self.config.gateway_port):
             ports["gateway"] = self.config.gateway_port
         server = f"https://127.0.0.1:{ports['apiserver']}"
         state: dict = {"name": self.config.name, "server": server, "ports": ports, "components": {},
