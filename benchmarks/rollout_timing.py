@@ -46,6 +46,7 @@ healthy runs, a 5th failed check within the rollout counts as a Flagger false ro
 Each run gets fresh series: the samplers' target files are rewritten with a new ``run`` label
 and the analysis selects it (``extraSelector``), as the e2e tests do with ``namespace``.
 
+    .venv/bin/python benchmarks/rollout_timing.py --table               # docs/rollouts.md's table per SLO, ~20 minutes
     .venv/bin/python benchmarks/rollout_timing.py                       # gateway, ~25 minutes
     .venv/bin/python benchmarks/rollout_timing.py --data-plane direct   # ~12 minutes on 2 busy cores
 """
@@ -53,7 +54,9 @@ and the analysis selects it (``extraSelector``), as the e2e tests do with ``name
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -67,6 +70,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from diffusion_operator.rollout import state_machine as sm  # noqa: E402
+from diffusion_operator.rollout import verdict as vd  # noqa: E402
+from diffusion_operator.rollout.burnrate import WORKBOOK_PAIRS, WindowPair, format_duration  # noqa: E402
 from diffusion_operator.rollout.metrics_provider import PrometheusProvider, measure  # noqa: E402
 from diffusion_operator.rollout.verdict import AnalysisConfig, Outcome, decide  # noqa: E402
 from tests.support.direct_load import LoadGenerator  # noqa: E402
@@ -93,6 +98,8 @@ class RunResult:
     flagger_failed_checks: int = 0
     analyses: int = 0
     canary_requests: int = 0
+    method: str = ""
+    last_reason: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -212,6 +219,9 @@ def gateway_run(scenario, *, kind: str, index: int, error_rate: float, steps: li
             if trip:
                 result.decisive_pair = (f"{trip[0]['factor']:g}x {trip[0]['longWindowSeconds']}s/"
                                         f"{trip[0]['shortWindowSeconds']}s")
+                result.method = trip[0].get("method") or ""
+        if a.get("reason") and ro.get("canaryRevision") == canary:
+            result.last_reason = a["reason"]
         if len(history) > n_history and history[-1].get("canaryRevision") == canary:
             last = history[-1]
             result.outcome = {"Promoted": sm.Phase.SUCCEEDED, "RolledBack": sm.Phase.ROLLED_BACK}.get(
@@ -234,16 +244,19 @@ def gateway_run(scenario, *, kind: str, index: int, error_rate: float, steps: li
     return result
 
 
-def gateway_main(args) -> tuple[dict[float, list[RunResult]], list[RunResult]]:
-    from diffusion_operator.cli import DEV_MODEL_DIR, _ensure_dev_model
+@contextlib.contextmanager
+def gateway_scenario(args, model_spec: dict):
+    """A local cluster with the real node, the operator, one pool on ``model_spec`` and load
+    through the Gateway at ``args.rps``; yields the Scenario, tears everything down after."""
     from diffusion_operator.devcluster import images, toolchain
     from diffusion_operator.devcluster.cluster import ClusterConfig, LocalCluster
+    from diffusion_operator.devcluster.first_run import DEV_MODEL_DIR, ensure_dev_model
     from tests.conftest import operator_kubeconfig_for
     from tests.support.operator_control import OperatorProcess
-    from tests.support.rollouts import DM_SPEC, Scenario, rollout_spec
+    from tests.support.rollouts import Scenario, rollout_spec
 
     work = Path(tempfile.mkdtemp(prefix="rollout-timing-"))
-    _ensure_dev_model()
+    ensure_dev_model(print)
     archives = tuple(i.archive for i in images.ensure_images() if i.name != images.PAUSE_IMAGE)
     cluster = LocalCluster(ClusterConfig(name="bench-rollout-timing", state_dir=work / "cluster", gpu_nodes=0,
                                          cpu_nodes=0, real_nodes=1, gateway=True, scrape_interval="1s",
@@ -251,9 +264,6 @@ def gateway_main(args) -> tuple[dict[float, list[RunResult]], list[RunResult]]:
     t0 = time.monotonic()
     cluster.up(progress=lambda m: print(f"# [cluster] {m}", flush=True))
     op = None
-    faults: dict[float, list[RunResult]] = {}
-    healthy: list[RunResult] = []
-    budget = 1 - OBJECTIVE
     try:
         op = OperatorProcess(operator_kubeconfig_for(cluster, work), allow_file_sources=True,
                              allow_fault_injection=True, sampler_image=images.SAMPLER_IMAGE).start()
@@ -261,11 +271,24 @@ def gateway_main(args) -> tuple[dict[float, list[RunResult]], list[RunResult]]:
         scenario = Scenario(cluster, "bench", f"file://{DEV_MODEL_DIR}")
         spec = rollout_spec([(25, 4), (50, 4), (100, 4)], min_requests=args.min_requests)
         spec["analysis"].update(intervalSeconds=args.interval, shortWindowIntervals=args.short_window_intervals)
-        scenario.create(spec, prometheus_url=cluster.prometheus_url,
-                        model_spec={**DM_SPEC, "faultInjection": {"errorRate": BACKGROUND_ERROR_RATE}})
+        scenario.create(spec, prometheus_url=cluster.prometheus_url, model_spec=model_spec)
         scenario.serve(cluster.prometheus_url, rps=args.rps)
         print(f"# cluster, pool and load ready in {time.monotonic() - t0:.0f}s; Gateway {cluster.gateway_url}",
               flush=True)
+        yield scenario
+    finally:
+        if op is not None:
+            op.stop()
+        cluster.down()
+
+
+def gateway_main(args) -> tuple[dict[float, list[RunResult]], list[RunResult]]:
+    from tests.support.rollouts import DM_SPEC
+
+    faults: dict[float, list[RunResult]] = {}
+    healthy: list[RunResult] = []
+    budget = 1 - OBJECTIVE
+    with gateway_scenario(args, {**DM_SPEC, "faultInjection": {"errorRate": BACKGROUND_ERROR_RATE}}) as scenario:
         index = 0
         for r in [float(x) for x in args.fault_rates.split(",") if x]:
             for i in range(args.fault_runs):
@@ -283,10 +306,6 @@ def gateway_main(args) -> tuple[dict[float, list[RunResult]], list[RunResult]]:
             healthy.append(res)
             print(f"# healthy run {i + 1}: {res.outcome} {res.reason}; flagger failed checks "
                   f"{res.flagger_failed_checks}", flush=True)
-    finally:
-        if op is not None:
-            op.stop()
-        cluster.down()
     return faults, healthy
 
 
@@ -337,6 +356,105 @@ def direct_main(args) -> tuple[dict[float, list[RunResult]], list[RunResult]]:
     return faults, healthy
 
 
+# ---------------------------------------------------------------------------- --table
+
+#: The table of docs/rollouts.md: (label, error rate, or a multiple of the budget as "<n>x").
+TABLE_FAULTS = [("100%", 1.0), ("30%", 0.3), ("10%", 0.1), ("10x budget", "10x"), ("2x budget", "2x")]
+TABLE_OBJECTIVES = (0.99, 0.999)
+
+
+def fault_rate(spec: float | str, objective: float) -> float:
+    return float(spec[:-1]) * (1 - objective) if isinstance(spec, str) else spec
+
+
+def workbook_detection(rate: float, objective: float, pairs: tuple[WindowPair, ...]) -> tuple[float, WindowPair] | None:
+    """The SRE Workbook's detection time of an error rate starting at once on a service that was
+    healthy: the first pair whose long window's average reaches its factor, ``long x factor x
+    budget / rate`` (the short window fills sooner). ``None`` when no pair's factor is reached."""
+    b = 1 - objective
+    times = [(p.long_s * p.factor * b / rate, p) for p in pairs if rate >= p.factor * b * (1 - 1e-9)]
+    return min(times, key=lambda t: t[0]) if times else None
+
+
+def sequential_expectation(rate: float, objective: float, pairs: tuple[WindowPair, ...],
+                           canary_rps: float) -> tuple[float, WindowPair] | None:
+    """Wald's approximation of when this analysis trips at ``canary_rps``: a canary is measured
+    over its own life, so a pair whose factor the rate reaches trips once armed (its short
+    window) and once the sequential test's evidence, rising by its expected step per request,
+    reaches the trip level. ``None`` when the evidence does not rise (no pair can trip)."""
+    p0 = 1 - objective
+    best = None
+    for p in pairs:
+        if rate < p.factor * p0 * (1 - 1e-9):
+            continue
+        p1 = min(max(p.factor, vd.MIN_ALTERNATIVE_FACTOR) * p0, 1 - 1e-6)
+        q = min(rate, 1 - 1e-9)
+        step = q * math.log(p1 / p0) + (1 - q) * math.log((1 - p1) / (1 - p0))
+        if step <= 0:
+            continue
+        t = max(p.short_s, math.log(1 / vd.FALSE_TRIP_RATE) / step / canary_rps)
+        if best is None or t < best[0]:
+            best = (t, p)
+    return best
+
+
+def table_main(args) -> int:
+    """docs/rollouts.md's time-to-rollback table: one faulty canary per SLO and error rate,
+    through the cluster, beside the Workbook's detection time and Wald's expectation."""
+    from tests.support.rollouts import DM_SPEC, POOL
+
+    started = time.monotonic()
+    canary_rps = args.rps * 0.25
+    rows = []
+    with gateway_scenario(args, DM_SPEC) as scenario:
+        index = 100
+        for objective in TABLE_OBJECTIVES:
+            scenario.kubectl("patch", "inferencepool", POOL, "--type=merge", "-p", json.dumps(
+                {"spec": {"slo": {"availability": {"objective": objective}}}}))
+            pairs = AnalysisConfig.from_pool_spec({"slo": {"availability": {"objective": objective}}, "rollout": {
+                "analysis": {"intervalSeconds": args.interval,
+                             "shortWindowIntervals": args.short_window_intervals}}}).pairs
+            for label, spec in TABLE_FAULTS:
+                index += 1
+                rate = fault_rate(spec, objective)
+                expected = sequential_expectation(rate, objective, pairs, canary_rps)
+                # Long enough to see the expected trip with room; a trip expected beyond the cap is
+                # run briefly to show what the analysis does meanwhile (it holds).
+                horizon = args.table_cap
+                if expected is not None and 2 * expected[0] + 30 < args.table_cap:
+                    horizon = max(60.0, 2 * expected[0] + 30)
+                elif expected is None or expected[0] > args.table_cap:
+                    horizon = args.table_held
+                res = gateway_run(scenario, kind=label, index=index, error_rate=rate,
+                                  steps=[(25, int(horizon) + 60), (100, 5)], horizon_s=horizon)
+                took = None if res.ended is None or res.fault_start is None else res.ended - res.fault_start
+                print(f"# {objective:.3g} {label}: {res.outcome} {res.reason} after {fmt(took)}s "
+                      f"({res.decisive_pair} {res.method}); last analysis {res.last_reason}", flush=True)
+                rows.append((objective, label, rate, pairs, expected, horizon, res, took))
+    print()
+    print(f"Data plane: gateway; whole run {(time.monotonic() - started) / 60:.1f} min. Analysis every "
+          f"{args.interval}s, short window {args.interval * args.short_window_intervals}s, {args.rps:g} req/s "
+          f"through the Gateway, canary at 25% ({canary_rps:g} req/s), minRequests {args.min_requests}; a stable "
+          "without errors; 1 s scrapes, 1 s tick.")
+    print()
+    print("| SLO | errors | burn | Workbook detection, 30-day windows | detection, these windows "
+          "| expected here (sequential test) | measured: time to roll back | tripped pair, method | canary requests |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def when(x):
+        return "never (below every factor)" if x is None else f"{format_duration(x[0])} ({x[1].name})"
+
+    for objective, label, rate, pairs, expected, horizon, res, took in rows:
+        burn = rate / (1 - objective)
+        measured = (f"{took:.1f} s" if res.outcome == sm.Phase.ROLLED_BACK and took is not None
+                    else f"held {horizon:.0f} s ({res.last_reason or 'no analysis'})")
+        print(f"| {objective * 100:g}% | {label} ({rate * 100:.3g}%) | {burn:.3g}x "
+              f"| {when(workbook_detection(rate, objective, WORKBOOK_PAIRS))} "
+              f"| {when(workbook_detection(rate, objective, pairs))} | {when(expected)} | {measured} "
+              f"| {res.decisive_pair or '-'} {res.method} | {res.canary_requests} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-plane", choices=("gateway", "direct"), default="gateway",
@@ -350,7 +468,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--horizon", type=float, default=60.0, help="seconds a fault run may take before 'held'")
     ap.add_argument("--healthy-runs", type=int, default=10)
     ap.add_argument("--model-dir", type=Path, help="direct: tiny model directory (built when missing)")
+    ap.add_argument("--table", action="store_true",
+                    help="docs/rollouts.md's time-to-rollback table (SLO 99%% and 99.9%%; gateway)")
+    ap.add_argument("--table-cap", type=float, default=600.0,
+                    help="--table: longest a run may take when a trip is expected (seconds)")
+    ap.add_argument("--table-held", type=float, default=120.0,
+                    help="--table: how long to watch a fault no pair is expected to trip within the cap")
     args = ap.parse_args(argv)
+    if args.table:
+        return table_main(args)
     started = time.monotonic()
     faults, healthy = gateway_main(args) if args.data_plane == "gateway" else direct_main(args)
     budget = 1 - OBJECTIVE

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffusion_operator.cli import DEV_MODEL_DIR, _ensure_dev_model
 from diffusion_operator.devcluster import images, toolchain
 from diffusion_operator.devcluster.cluster import ClusterConfig, LocalCluster
+from diffusion_operator.devcluster.first_run import DEV_MODEL_DIR, ensure_dev_model
 from tests.support.operator_control import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,5 +138,5 @@ def node_cluster(tmp_path_factory, tools, node_images):
 @pytest.fixture(scope="session")
 def dev_model() -> str:
     """examples/dev's model, where its file:// source points (what `dev up` writes)."""
-    _ensure_dev_model()
+    ensure_dev_model(print)
     return str(DEV_MODEL_DIR)

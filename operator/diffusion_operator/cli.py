@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .devcluster import node, toolchain
+from .devcluster import first_run, node, toolchain
 from .devcluster.cluster import ClusterConfig, ClusterError, ComponentStartError, LocalCluster
 from .devcluster.first_run import FirstImage
 from .settings import Settings
@@ -62,26 +62,6 @@ def _dev_defaults(cfg: ClusterConfig, *, operator: bool) -> None:
         cfg.operator = operator
         cfg.operator_args = ("--allow-file-sources", "--allow-fault-injection",
                              f"--sampler-image={images.SAMPLER_IMAGE}")
-
-
-DEV_MODEL_DIR = Path("/var/lib/diffusion-models/tiny")  # examples/dev's file:// source, on the real node
-
-
-def _ensure_dev_model(path: Path = DEV_MODEL_DIR) -> None:
-    """The tiny model examples/dev serves, written once onto this machine (the real node)."""
-    if (path / "model_index.json").exists():
-        return
-    try:
-        from diffusion_sampler import build_model
-    except ImportError:
-        _say(f"note: the sampler package is not installed, so {path} (examples/dev's model) was not created; "
-             "`make dev` installs it")
-        return
-    _say(f"writing the tiny model examples/dev serves to {path}")
-    build_model.main(["--out", str(path)])
-    # readable by the sampler's uid 10001 through the hostPath mount (safetensors writes 0600)
-    for p in [path, *path.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
 
 
 def _build_images(*, s3: bool = False) -> list:
@@ -150,7 +130,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         if cluster.config.real_nodes:
             cluster.config.node_images = tuple(img.archive for img in _build_images()
                                                if img.name != node.manifests.PAUSE_IMAGE)
-            _ensure_dev_model()
+            first_run.ensure_dev_model(_say)
     try:
         cluster.up(progress=_say)
     except (node.NodeUnavailable, ComponentStartError) as exc:
@@ -161,8 +141,6 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         return 1
     first = None
     if cluster.gateway_url and cluster.state().get("components", {}).get("operator"):
-        from .devcluster import first_run
-
         try:
             first = first_run.serve_examples(cluster, cluster.dir / "out", _say)
         except first_run.FirstRunError as exc:

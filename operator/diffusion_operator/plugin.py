@@ -200,7 +200,9 @@ def _analysis_lines(analysis: Mapping | None) -> list[str]:
             f"{_burn(b.get('stableLongBurnRate'))}/{_burn(b.get('stableShortBurnRate'))}",
             _s(b.get("requests") if not isinstance(b.get("requests"), float)
                else int(b["requests"])),
-            _s(b.get("state")),
+            _s(b.get("state")) + (f" (sequential, evidence {b['evidence']:g})"
+                                  if b.get("method") == "sequential" and isinstance(b.get("evidence"), (int, float))
+                                  else ""),
         ])
     if rows:
         lines += _table(["SLI", "WINDOWS", "LONG BURN", "SHORT BURN", "THRESHOLD", "STABLE L/S", "REQUESTS", "STATE"],

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.support.load import GatewayLoad
+from diffusion_operator.demo.traffic import GatewayLoad
 from tests.support.rollouts import LABEL_REVISION, rollout_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]

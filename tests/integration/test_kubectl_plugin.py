@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.kubectl_plugin import PLUGIN, run_plugin
 
 pytestmark = pytest.mark.integration
 
@@ -17,15 +18,6 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 POOLS = "inferencepools.diffusion.serving.dev"
 ANNOTATION = "diffusion.serving.dev/action"
-PLUGIN = Path(sys.executable).with_name("kubectl-diffusion")
-
-
-def run_plugin(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    proc = subprocess.run([str(PLUGIN), *args], capture_output=True, text=True, env=env, timeout=60)
-    if check:
-        assert proc.returncode == 0, f"kubectl-diffusion {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def annotation(cluster, namespace: str, name: str) -> str | None:

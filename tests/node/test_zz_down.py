@@ -35,11 +35,13 @@ def test_dev_status_shows_the_node_and_dev_up_is_idempotent(node_cluster):
 
 
 def test_down_removes_every_process_mount_link_netns_and_chain(node_cluster):
-    during = node_cluster.node_footprint()
+    tools = node_cluster.node_tools()
+    assert tools is not None
+    during = node_cluster.node_footprint(tools)
     assert during.processes and during.links and during.iptables_chains, during  # the check can see a node
     assert any("KUBE-SERVICES" in c for c in during.iptables_chains)
     stopped = node_cluster.down()
     assert {"containerd", "kubelet", "kube-proxy"} <= set(stopped)
-    after = node.footprint(node_cluster.node_footprint_tools(), node_cluster.node_paths.base)
+    after = node_cluster.node_footprint(tools)
     assert after == node.Footprint((), (), (), (), ()), after
     assert not node_cluster.node_paths.base.exists()

@@ -2,7 +2,7 @@
 outside any cluster, split between revisions by weights it reads itself (the state machine's
 ``desired_weights``). Only ``benchmarks/rollout_timing.py --data-plane direct`` uses it, to
 measure the rollout decision without Kubernetes; it proves nothing about routing. Everything
-else sends load through the Gateway (:mod:`tests.support.load`).
+else sends load through the Gateway (:mod:`diffusion_operator.demo.traffic`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.support.load import paced
+from diffusion_operator.demo.traffic import paced
 
 
 class LoadGenerator:

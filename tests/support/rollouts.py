@@ -9,7 +9,7 @@ What a scenario runs, all on this machine and all through Kubernetes:
   Gateway API data plane, and the cluster's Prometheus discovers the pods through the API
   server (``kubernetes_sd_configs``, as the pool's PodMonitor selects them);
 - the operator in-process (:mod:`tests.support.operator_control`), as its ServiceAccount;
-- load through the Gateway (:class:`tests.support.load.GatewayLoad`), which Traefik splits by
+- load through the Gateway (:class:`diffusion_operator.demo.traffic.GatewayLoad`), which Traefik splits by
   the HTTPRoute's weights; each answer names its revision (``x-diffusion-revision``).
 
 Faults are a property of the revision: the canary's DiffusionModel change adds the test-only
@@ -30,7 +30,7 @@ from datetime import datetime
 
 import yaml
 
-from tests.support.load import GATEWAY, GatewayLoad
+from diffusion_operator.demo.traffic import GatewayLoad
 from tests.support.polling import wait_for
 from tests.support.prometheus import wait_pods_scraped
 
@@ -196,12 +196,10 @@ class Scenario:
         gateway = self.cluster.gateway_url
         assert gateway, "the cluster runs no Gateway"
         self.wait_routed()
-        # Traefik reports the route Accepted a moment before it serves it; a new route is not
-        # what the scenarios judge, so the load starts once a sampler answers through it.
-        probe = GatewayLoad(gateway, self.host)
-        wait_for(lambda: probe.one()[0] != GATEWAY, 30, 0.2, f"a sampler answering through the Gateway for {self.host}",
-                 detail=lambda: f"answers so far: {dict(probe.codes)}")
-        self.load = GatewayLoad(gateway, self.host, rps=rps).start()
+        # A new route is not what the scenarios judge: the load starts once a sampler answers.
+        self.load = GatewayLoad(gateway, self.host, rps=rps)
+        assert self.load.wait_answering(30), f"no sampler answered through the Gateway for {self.host} in 30 s"
+        self.load.start()
         return self.load
 
     def wait_routed(self, timeout: float = 60) -> None:

@@ -73,9 +73,14 @@ CASES = [
     # zero traffic: increase() = 0 and every ratio 0/0 = NaN
     ("zero-traffic", AnalysisInputs(rev(math.nan, math.nan, math.nan, requests=0.0), HEALTHY),
      Outcome.INCONCLUSIVE, Reason.INSUFFICIENT_TRAFFIC),
-    # too few requests, even if all failed: no decision
-    ("below-min-requests", AnalysisInputs(rev(availability=1.0, requests=99), HEALTHY), Outcome.INCONCLUSIVE,
-     Reason.INSUFFICIENT_TRAFFIC),
+    # below minRequests the counts decide: 99 failures in 99 requests are far beyond chance
+    ("below-min-requests-all-failed", AnalysisInputs(rev(availability=1.0, requests=99), HEALTHY), Outcome.FAIL,
+     Reason.AVAILABILITY_EXCEEDED),
+    # ... one error in 50 requests is a 20x burn at 99.9%, but within chance: hold, never pass
+    ("one-error-in-fifty", AnalysisInputs(rev(availability=0.02, requests=50), HEALTHY), Outcome.INCONCLUSIVE,
+     Reason.BURN_NOT_SIGNIFICANT),
+    # ... and 50 clean requests are too few to clear 14.4x at 99.9%: hold (about 120 needed)
+    ("fifty-clean", AnalysisInputs(rev(requests=50), HEALTHY), Outcome.INCONCLUSIVE, Reason.INSUFFICIENT_TRAFFIC),
     # traffic, but a SLI has no series (e.g. no bucket at the latency threshold)
     ("latency-bucket-missing", AnalysisInputs(rev(latency=None), HEALTHY), Outcome.INCONCLUSIVE,
      Reason.SLI_DATA_MISSING),
@@ -115,12 +120,14 @@ def test_pairs_arm_when_their_short_window_fills(age, availability, outcome, rea
     assert (v.outcome, v.reason) == (outcome, reason), v.message
 
 
-def test_low_traffic_canary_is_judged_on_the_longer_short_window():
+def test_low_traffic_canary_is_judged_on_its_counts():
+    # 40 requests in the fast pair's short window, below minRequests: burn rates alone would not
+    # judge it, the sequential test on the long window's 1000 clean requests clears it
     canary = rev(requests=1000.0, requests_60=40.0)
     v = decide(AnalysisInputs(canary, HEALTHY, canary_age_s=400), CFG)
     assert v.outcome == Outcome.PASS
     fast = [p for p in v.pairs if p.pair == FAST]
-    assert all(p.skipped == "insufficient-traffic" for p in fast)
+    assert all(p.judged and p.method == "sequential" and p.evidence.cleared for p in fast)
 
 
 def test_fail_carries_the_numbers():
@@ -316,3 +323,43 @@ def test_a_pair_trips_only_when_both_windows_burn(burns, tripped):
     [pair] = v.pairs
     assert pair.tripped is tripped
     assert (v.outcome == Outcome.FAIL) is tripped
+
+
+def test_small_counts_are_judged_by_the_sequential_test_and_large_by_burn_rates():
+    # 1000 requests at 99%: 1000 x 14.4 x 1% = 144 errors expected at the factor -> burn rates;
+    # at 99.9% the same traffic expects 14.4 at 14.4x but 6 at 6x -> sequential for the 6x pair
+    v = decide(AnalysisInputs(HEALTHY, HEALTHY), CFG)
+    methods = {(p.sli, p.pair.factor): p.method for p in v.pairs}
+    assert methods[("latency", 14.4)] == methods[("latency", 6.0)] == "burn-rate"
+    assert methods[("availability", 14.4)] == "burn-rate" and methods[("availability", 6.0)] == "sequential"
+    assert all(p.evidence is not None for p in v.pairs)
+
+
+def test_sequential_evidence_adds_up_errors_and_clean_requests():
+    from diffusion_operator.rollout.verdict import sequential_evidence
+
+    ev = sequential_evidence(0.02, 50, 0.999, 14.4)  # 1 error in 50
+    assert (ev.requests, ev.errors) == (50, 1)
+    assert ev.log_lr == pytest.approx(math.log(14.4) + 49 * math.log((1 - 0.0144) / 0.999))
+    assert not ev.significant and not ev.cleared
+    # the count to clear says exactly how many more clean requests it takes
+    more = ev.clean_requests_to_clear
+    assert sequential_evidence(1 / (50 + more), 50 + more, 0.999, 14.4).cleared
+    assert not sequential_evidence(1 / (49 + more), 49 + more, 0.999, 14.4).cleared
+    # the 1x pair's alternative is twice the budget: exactly-at-SLO counts never look like it
+    slow = sequential_evidence(0.001, 100_000, 0.999, 1.0)
+    assert slow.alternative == pytest.approx(0.002) and slow.log_lr < 0
+    assert sequential_evidence(None, 50, 0.999, 14.4) is None
+    assert sequential_evidence(0.5, 0, 0.999, 14.4) is None
+
+
+def test_a_paging_pair_burning_without_evidence_holds_even_when_another_pair_is_clear():
+    # The 6x pair's windows saw 3 errors in 150 requests (burn 20x at 99.9%, not beyond chance);
+    # the fast pair's windows are clean and large enough to clear. Passing here would promote
+    # past a pair still gathering evidence of a fault.
+    canary = rev(requests=400.0, requests_360=150.0, requests_4320=150.0, availability_360=0.02,
+                 availability_4320=0.02)
+    v = decide(AnalysisInputs(canary, None), CFG)
+    assert (v.outcome, v.reason) == (Outcome.INCONCLUSIVE, Reason.BURN_NOT_SIGNIFICANT), v.message
+    assert v.decisive is not None and v.decisive.pair == SLOW
+    assert "3 errors in 150 requests" in v.message

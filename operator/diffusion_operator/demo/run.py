@@ -11,31 +11,27 @@ cluster with real pods, real traffic through the Gateway and the real operator.
 
 Everything lives in the namespace ``diffusion-demo`` (a DiffusionModel and an InferencePool
 named ``demo``); a new run starts from scratch, ``dev demo --cleanup`` removes it. Load comes
-from a thread here, sent to the Gateway like any client's (Host ``demo.localhost``). The
-presentation (live view, table, SVG) is :mod:`diffusion_operator.demo.view`.
+from :mod:`.traffic`, sent to the Gateway like any client's (Host ``demo.localhost``), once a
+sampler answers there. The presentation (live view, table, SVG) is :mod:`.view`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from ..devcluster.first_run import pool_ready
+from ..devcluster.first_run import DEV_MODEL_DIR, pool_ready
 from . import view
+from .traffic import GatewayLoad
 
 NAMESPACE = "diffusion-demo"
 NAME = "demo"
 HOST = "demo.localhost"
-MODEL_DIR = Path("/var/lib/diffusion-models/tiny")  # written by `dev up` (cli.DEV_MODEL_DIR)
 RPS = 6.0
 #: Demo-sized analysis: every 5 s, short windows of 2 intervals (10 s: five 2 s scrapes), so the
 #: paging pairs are 14.4x over 120 s / 10 s and 6x over 720 s / 60 s; the steps give the canary
@@ -60,7 +56,7 @@ def manifests(gateway_ref: dict, prometheus_url: str | None) -> list[dict]:
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
         {"apiVersion": api, "kind": "DiffusionModel", "metadata": {"name": NAME, "namespace": NAMESPACE},
-         "spec": {"source": {"uri": f"file://{MODEL_DIR}"}, **MODEL_SPEC}},
+         "spec": {"source": {"uri": f"file://{DEV_MODEL_DIR}"}, **MODEL_SPEC}},
         {"apiVersion": api, "kind": "InferencePool", "metadata": {"name": NAME, "namespace": NAMESPACE},
          "spec": {"modelRef": {"name": NAME}, "replicas": 1, "gpu": {"count": 1},
                   "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "3Gi"}},
@@ -72,44 +68,6 @@ def manifests(gateway_ref: dict, prometheus_url: str | None) -> list[dict]:
                   "slo": {"availability": {"objective": 0.99}},
                   "rollout": ROLLOUT}},
     ]
-
-
-class Load:
-    """``rps`` small requests per second to the Gateway, each on its own thread; counts answers
-    by the revision that gave them (``x-diffusion-revision``) and status."""
-
-    def __init__(self, gateway_url: str, rps: float = RPS) -> None:
-        self.url, self.rps = f"{gateway_url}/v1/generate", rps
-        self.codes: Counter = Counter()  # (revision, status) -> answers
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="demo-load")
-        self._body = json.dumps({"prompt": "a lighthouse at dusk", "width": 32, "height": 32, "steps": 1}).encode()
-
-    def start(self) -> Load:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(1 / self.rps):
-            threading.Thread(target=self._one, daemon=True).start()
-
-    def _one(self) -> None:
-        req = urllib.request.Request(self.url, data=self._body, method="POST",
-                                     headers={"Host": HOST, "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                key = (resp.headers.get("x-diffusion-revision", "gateway"), resp.status)
-        except urllib.error.HTTPError as exc:
-            key = (exc.headers.get("x-diffusion-revision", "gateway"), exc.code)
-        except (urllib.error.URLError, OSError):
-            key = ("gateway", 0)
-        with self._lock:
-            self.codes[key] += 1
 
 
 def _pool(cluster) -> dict:
@@ -173,7 +131,11 @@ def play(cluster, out_dir: Path, say: Say, stream=None) -> int:
             say(f"error: the demo pool was not Ready after 300 s: {ready[1]}")
             return 1
         time.sleep(2)
-    load = Load(cluster.gateway_url).start()
+    load = GatewayLoad(cluster.gateway_url, HOST, rps=RPS)
+    if not load.wait_answering(60):
+        say(f"error: no sampler answered through the Gateway {cluster.gateway_url} (Host {HOST}) within 60 s")
+        return 1
+    load.start()
     say(f"sending {RPS:.0f} requests/s through the Gateway {cluster.gateway_url} (Host {HOST})")
     live = view.LiveView(stream, tty=stream.isatty())
     records = []
@@ -190,7 +152,8 @@ def play(cluster, out_dir: Path, say: Say, stream=None) -> int:
     bad = records[-1]
     if bad.message:
         print(f"\nwhy rollout 2 was rolled back: {bad.message}", file=stream)
-    answered = ", ".join(f"{rev} {code}: {n}" for (rev, code), n in sorted(load.codes.items()))
+    answered = ", ".join(f"{rev} {code}: {n}" for rev, codes in sorted(load.codes.items())
+                         for code, n in sorted(codes.items()))
     print(f"answers through the Gateway: {answered}", file=stream)
     print(f"picture of both rollouts: {svg}", file=stream)
     print(f"demo wall time {time.monotonic() - t0:.0f} s; `diffusion-operator dev demo --cleanup` removes the "

@@ -18,6 +18,7 @@ after the ones already started are stopped again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -484,7 +485,9 @@ class LocalCluster:
         paths = self.node_paths
         ports = {n: free_port() for n in ("kubelet", "kubelet-healthz", "proxy-healthz", "proxy-metrics")}
         state["node"] = {"name": node.NODE_NAME, "dir": str(paths.base), "ports": ports,
-                         "created_bridge": node.ensure_bridge(ntools)}
+                         "created_bridge": node.ensure_bridge(ntools),
+                         # the stop path reads these back instead of resolving (maybe building) them
+                         "tools": {k: str(v) for k, v in dataclasses.asdict(ntools).items()}}
         self._save(state)
         files = node.write_configs(paths, ntools, cluster_dir=self.dir, server=state["server"],
                                    kubelet_port=ports["kubelet"], kubelet_healthz_port=ports["kubelet-healthz"],
@@ -547,19 +550,26 @@ class LocalCluster:
         return (f"{head}; nvidia.com/gpu {gpus}; kubelet {info.get('kubeletVersion')}, "
                 f"{info.get('containerRuntimeVersion')}")
 
-    def node_footprint_tools(self) -> node.NodeTools:
-        return toolchain.ensure_node_tools(progress=None)
+    def node_tools(self, state: dict | None = None) -> node.NodeTools | None:
+        """The real node's tools as recorded when it started (``None`` without a real node):
+        stopping or inspecting a node never installs or builds anything."""
+        recorded = (state or self.state()).get("node")
+        if not recorded:
+            return None
+        if "tools" not in recorded:  # a node started before the paths were recorded
+            return toolchain.ensure_node_tools(progress=None)
+        return node.NodeTools(**{k: Path(v) for k, v in recorded["tools"].items()})
 
-    def node_footprint(self) -> node.Footprint:
+    def node_footprint(self, tools: node.NodeTools) -> node.Footprint:
         """What the real node has on this machine now (processes, mounts, links, netns, chains)."""
-        return node.footprint(self.node_footprint_tools(), self.node_paths.base)
+        return node.footprint(tools, self.node_paths.base)
 
     # --- stop ------------------------------------------------------------------------------
     def down(self, timeout: float = 15) -> list[str]:
         """Stop exactly the processes this cluster started (recorded pid and start time)."""
         state = self.state()
         stopped = []
-        ntools = toolchain.ensure_node_tools(progress=None) if state.get("node") else None
+        ntools = self.node_tools(state)
         for name in reversed(COMPONENTS):
             comp = state.get("components", {}).get(name)
             if name == "containerd" and ntools and comp and _alive(comp.get("pid"), comp.get("start_time")):

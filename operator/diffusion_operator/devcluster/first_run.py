@@ -1,6 +1,7 @@
-"""What ``dev up`` does after the cluster is up, so its last line is an image: apply
-examples/dev (the tiny model and its pool) to the ``default`` namespace, wait until the pool is
-Ready on the real node, and generate one image through the Gateway into a file.
+"""What ``dev up`` does after the cluster is up, so its last line is an image: write the tiny
+model onto the real node's disk (:func:`ensure_dev_model`), apply examples/dev (the model and
+its pool) to the ``default`` namespace, wait until the pool is Ready on the real node, and
+generate one image through the Gateway into a file.
 
 Plain HTTP from the standard library: this runs in ``dev up``, where the sampler's and the
 tests' dependencies may be missing.
@@ -22,6 +23,25 @@ POOL = "tiny"
 NAMESPACE = "default"
 HOST = "tiny.localhost"  # examples/dev's HTTPRoute hostname
 PROMPT = "a lighthouse at dusk"
+#: examples/dev's ``file://`` source on the real node (also the tests' and the demo's model).
+DEV_MODEL_DIR = Path("/var/lib/diffusion-models/tiny")
+
+
+def ensure_dev_model(say: Callable[[str], None], path: Path = DEV_MODEL_DIR) -> None:
+    """The tiny model examples/dev serves, written once onto this machine (the real node)."""
+    if (path / "model_index.json").exists():
+        return
+    try:
+        from diffusion_sampler import build_model
+    except ImportError:
+        say(f"note: the sampler package is not installed, so {path} (examples/dev's model) was not created; "
+            "`make dev` installs it")
+        return
+    say(f"writing the tiny model examples/dev serves to {path}")
+    build_model.main(["--out", str(path)])
+    # readable by the sampler's uid 10001 through the hostPath mount (safetensors writes 0600)
+    for p in [path, *path.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
 
 
 class FirstRunError(RuntimeError):

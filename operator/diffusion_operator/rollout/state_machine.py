@@ -598,6 +598,8 @@ def _analysis_summary(v: Verdict, at: datetime) -> dict[str, Any]:
                 "stableShortBurnRate": _sig(p.stable_short.burn) if p.stable_short else None,
                 "requests": _sig(p.canary_requests),
                 "state": "tripped" if p.tripped else (p.skipped or "ok"),
+                "method": p.method or None,
+                "evidence": _sig(p.evidence.log_lr) if p.evidence else None,
             }
         )
     return {

@@ -10,20 +10,39 @@ Rules, in order:
 
 1. **error** (``MetricsUnavailable``) when the provider failed: nothing was measured.
 2. Each (SLI, window pair) is *armed* once the canary has carried traffic for the pair's
-   short window, and *judged* when armed, the canary served at least ``minRequests`` in that
-   short window and both windows have data. Only judged pairs can trip.
+   short window. An armed pair with data in both windows is *burning* when the canary burns
+   at or above the factor in both, and its long window's counts go through a sequential
+   test (:func:`sequential_evidence`): the log likelihood ratio of "errs at the factor"
+   against "meets the SLO". It *trips* when burning and the evidence reaches
+   ``log(1 / FALSE_TRIP_RATE)``: errors beyond chance for a canary meeting its SLO, however
+   few the requests. With large counts (at least ``minRequests`` in the short window and
+   ``LARGE_EXPECTED_ERRORS`` errors expected there at the factor) the pair is judged by its
+   burn rates (``method: burn-rate``; the test agrees with them there); with small counts
+   it is judged only once the test decides (``method: sequential``): a trip, or cleared
+   (evidence down to ``log(CLEAR_MISS_RATE)`` and not burning). Otherwise it is
+   *collecting*: burning but not yet significant, or clean but too few requests to clear.
 3. **fail** (``AvailabilityBurnRateExceeded`` / ``LatencyBurnRateExceeded`` /
-   ``QualityBurnRateExceeded``) when a judged pair trips (canary burns at or above the factor
-   in both windows) and the stable revision is *not* burning as badly: stable burning as
-   badly means stable, with enough traffic of its own, trips the same pair and burns at
-   least ``stableBurnRatio`` (default 0.5) times the canary's burn in both windows.
+   ``QualityBurnRateExceeded``) when a pair trips and the stable revision is *not* burning
+   as badly: stable burning as badly means stable, with enough traffic of its own, burns
+   the same pair and at least ``stableBurnRatio`` (default 0.5) times the canary's burn in
+   both windows.
 4. **inconclusive** when every trip is shared with stable (``StableAlsoBurning``: the
    canary is not to blame for a shared outage), when no pair is armed yet
-   (``AnalysisWarmingUp``), or when some SLI has no judged pair, because of too little
-   traffic (``InsufficientTraffic``) or missing series (``SLIDataMissing``, e.g. no histogram
-   bucket at the latency threshold; with ``onNoData: Fail`` this one is a **fail**).
+   (``AnalysisWarmingUp``), when a paging pair (factor above 1) burns but not yet beyond
+   chance (``BurnNotYetSignificant``, even if another pair is clear), or when some SLI has no
+   judged pair: too little traffic to clear it
+   (``InsufficientTraffic``, also for no traffic at all) or missing series
+   (``SLIDataMissing``, e.g. no histogram bucket at the latency threshold; with
+   ``onNoData: Fail`` this one is a **fail**).
 5. **pass** (``BurnRateWithinBudget``) otherwise: every SLI has at least one judged pair and
    none tripped.
+
+The false-rollback rate this states: for a canary that meets its SLO, each pair's evidence is
+a likelihood ratio, a supermartingale under the SLO, so by Ville's inequality it reaches
+``1 / FALSE_TRIP_RATE`` with probability at most ``FALSE_TRIP_RATE`` over all the analyses of
+a rollout while the long window covers the canary's life (``metrics_provider.same_spans``
+cuts it to the canary's age); per rollout at most pairs x SLIs x ``FALSE_TRIP_RATE``
+(docs/rollouts.md, "Thin data").
 
 No data is never failure and never pass (flagger#1035, argo-rollouts#1466). This module must
 not query anything or read the clock.
@@ -32,6 +51,7 @@ not query anything or read the clock.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,8 +76,10 @@ __all__ = [
     "Reason",
     "RevisionMeasurements",
     "SLO",
+    "Evidence",
     "Verdict",
     "decide",
+    "sequential_evidence",
 ]
 
 
@@ -76,6 +98,7 @@ class Reason:
     LATENCY_EXCEEDED = "LatencyBurnRateExceeded"
     QUALITY_EXCEEDED = "QualityBurnRateExceeded"
     INSUFFICIENT_TRAFFIC = "InsufficientTraffic"
+    BURN_NOT_SIGNIFICANT = "BurnNotYetSignificant"
     STABLE_ALSO_BURNING = "StableAlsoBurning"
     WARMING_UP = "AnalysisWarmingUp"
     SLI_DATA_MISSING = "SLIDataMissing"
@@ -242,8 +265,19 @@ class PairVerdict:
     judged: bool
     tripped: bool
     stable_also_burning: bool
-    #: Why a pair is not judged: "" | "warming-up" | "insufficient-traffic" | "no-data".
+    #: Why a pair is not judged: "" | "warming-up" | "insufficient-traffic" | "no-data" |
+    #: "collecting" (the sequential test has not decided yet).
     skipped: str = ""
+    #: "burn-rate" (large counts: the burn rates judge) or "sequential" (small counts: the
+    #: sequential test on the counts judges); "" when the pair had nothing to judge.
+    method: str = ""
+    #: The sequential test on the long window's counts; ``None`` when it had no data.
+    evidence: Evidence | None = None
+
+    @property
+    def burning(self) -> bool:
+        """Canary at or above the factor in both windows (whether or not beyond chance)."""
+        return _both_at_least(self.canary_long, self.canary_short, self.pair.factor, self.pair.factor)
 
     @property
     def threshold_ratio(self) -> float:
@@ -312,6 +346,80 @@ def _both_at_least(a: WindowNumbers | None, b: WindowNumbers | None, floor_a: fl
     )
 
 
+#: Probability that the sequential test trips a pair of a canary that meets its SLO, over a
+#: whole rollout (Ville's inequality): with the three Workbook pairs on one SLI at most 3e-5 per
+#: rollout, 0 expected in 1000 (benchmarks/rollout_false_alarms.py measures it).
+FALSE_TRIP_RATE = 1e-5
+#: A pair with small counts is cleared once the evidence favours "meets the SLO" over "errs at
+#: the factor" 1 / CLEAR_MISS_RATE to 1 (5:1). Stricter clearing holds thin-traffic canaries
+#: into their progress deadline: at 99.9% and 0.5 canary requests/s, 0.05 rolled back 30% of
+#: canaries exactly at their SLO on the deadline and 0.2 5% (200 simulated rollouts each; 3.1%
+#: in benchmarks/rollout_false_alarms.py's 1000), while a 20x-budget canary was never promoted
+#: at either (docs/rollouts.md, "Thin data").
+CLEAR_MISS_RATE = 0.2
+#: The test's alternative is the pair's factor, but at least this many times the budget: at 1x
+#: a canary exactly at its SLO and one a hair above cannot be told apart by any count.
+MIN_ALTERNATIVE_FACTOR = 2.0
+#: Burn rates judge on their own once the short window would hold this many errors at the
+#: factor; below it one error more or less moves the burn across the factor.
+LARGE_EXPECTED_ERRORS = 10.0
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A sequential test on one window's counts: ``log_lr`` is the log likelihood ratio of
+    "errs at ``alternative``" against "meets the SLO (errs at ``null``)"."""
+
+    requests: int
+    errors: int
+    null: float
+    alternative: float
+    log_lr: float
+
+    @property
+    def trip_at(self) -> float:
+        return math.log(1.0 / FALSE_TRIP_RATE)
+
+    @property
+    def clear_at(self) -> float:
+        return math.log(CLEAR_MISS_RATE)
+
+    @property
+    def significant(self) -> bool:
+        return self.log_lr >= self.trip_at
+
+    @property
+    def cleared(self) -> bool:
+        return self.log_lr <= self.clear_at
+
+    @property
+    def clean_requests_to_clear(self) -> int:
+        """How many more error-free requests would clear it (0 when cleared)."""
+        step = math.log((1.0 - self.alternative) / (1.0 - self.null))  # < 0
+        return max(0, math.ceil((self.clear_at - self.log_lr) / step - 1e-9))
+
+    def describe(self) -> str:
+        return (f"{self.errors} errors in {self.requests} requests, evidence {self.log_lr:.3g} "
+                f"(trips at {self.trip_at:.3g}, clears at {self.clear_at:.3g})")
+
+
+def sequential_evidence(ratio: float | None, requests: float, objective: float, factor: float) -> Evidence | None:
+    """The sequential test for a pair at ``factor`` on counts ``(ratio x requests, requests)``;
+    ``None`` without data. Counts come from ``rate()``/``increase()``, so they are rounded."""
+    n = int(round(sanitize_count(requests) or 0.0))
+    if ratio is None or n <= 0:
+        return None
+    k = min(n, int(round(ratio * n)))
+    p0 = 1.0 - objective
+    p1 = min(max(factor, MIN_ALTERNATIVE_FACTOR) * p0, 1.0 - 1e-6)
+    log_lr = k * math.log(p1 / p0) + (n - k) * math.log((1.0 - p1) / (1.0 - p0))
+    return Evidence(requests=n, errors=k, null=p0, alternative=p1, log_lr=log_lr)
+
+
+def _large_counts(requests: float, pair: WindowPair, slo: SLO, config: AnalysisConfig) -> bool:
+    return requests >= max(config.min_requests, 1) and requests * pair.factor * slo.budget >= LARGE_EXPECTED_ERRORS
+
+
 def _judge_pair(slo: SLO, pair: WindowPair, inputs: AnalysisInputs, config: AnalysisConfig) -> PairVerdict:
     c = inputs.canary
     c_long, c_short = _numbers(c, slo.sli, pair.long_s, slo), _numbers(c, slo.sli, pair.short_s, slo)
@@ -322,15 +430,25 @@ def _judge_pair(slo: SLO, pair: WindowPair, inputs: AnalysisInputs, config: Anal
         )
     requests = c.count(pair.short_s)
     armed = inputs.canary_age_s is None or inputs.canary_age_s >= pair.short_s
-    skipped = ""
+    skipped = method = ""
+    evidence = None
+    tripped = False
     if not armed:
         skipped = "warming-up"
-    elif requests < config.min_requests or requests == 0:
+    elif requests == 0:
         skipped = "insufficient-traffic"
     elif c_long.burn is None or c_short.burn is None:
         skipped = "no-data"
+    else:
+        evidence = sequential_evidence(c_long.ratio, c.count(pair.long_s), slo.objective, pair.factor)
+        burning = _both_at_least(c_long, c_short, pair.factor, pair.factor)
+        tripped = burning and evidence is not None and evidence.significant
+        large = _large_counts(requests, pair, slo, config)
+        method = "burn-rate" if large else "sequential"
+        cleared = large or (evidence is not None and evidence.cleared)
+        if not tripped and (burning or not cleared):
+            skipped = "collecting"
     judged = not skipped
-    tripped = judged and _both_at_least(c_long, c_short, pair.factor, pair.factor)
     stable_also = False
     if tripped and inputs.stable is not None and inputs.stable.count(pair.short_s) >= max(config.min_requests, 1):
         k = config.stable_burn_ratio
@@ -354,6 +472,8 @@ def _judge_pair(slo: SLO, pair: WindowPair, inputs: AnalysisInputs, config: Anal
         tripped=tripped,
         stable_also_burning=stable_also,
         skipped=skipped,
+        method=method,
+        evidence=evidence,
     )
 
 
@@ -390,6 +510,22 @@ def decide(inputs: AnalysisInputs, config: AnalysisConfig) -> Verdict:
             pairs,
         )
 
+    # A paging pair burning but not yet beyond chance holds, even when another pair of the SLI
+    # is clear: a pass must not promote past a pair still gathering evidence of a fault. The 1x
+    # pair does not hold (as for arming, state_machine.unarmed_pairs_blocking): a canary exactly
+    # at its SLO burns at 1x half the time, and no canary of minutes can settle that.
+    doubtful = [p for p in pairs if p.skipped == "collecting" and p.burning and p.pair.factor > 1]
+    if doubtful:
+        first = doubtful[0]
+        assert first.evidence is not None
+        return Verdict(
+            Outcome.INCONCLUSIVE,
+            Reason.BURN_NOT_SIGNIFICANT,
+            f"{first.describe()}; not yet beyond chance for a canary meeting its SLO: {first.evidence.describe()}",
+            pairs,
+            first,
+        )
+
     for slo in config.slos:
         mine = [p for p in pairs if p.sli == slo.sli and p.armed]
         if any(p.judged for p in mine):
@@ -402,13 +538,19 @@ def decide(inputs: AnalysisInputs, config: AnalysisConfig) -> Verdict:
                 + (f" (is there a histogram bucket at le={slo.threshold_s:g}?)" if slo.sli == LATENCY else ""),
                 pairs,
             )
-        most = max(p.canary_requests for p in mine)
-        return Verdict(
-            Outcome.INCONCLUSIVE,
-            Reason.INSUFFICIENT_TRAFFIC,
-            f"canary served {most:.0f} requests in its short windows, fewer than minRequests {config.min_requests}",
-            pairs,
-        )
+        collecting = [p for p in mine if p.evidence is not None]
+        if collecting:
+            nearest = min(collecting, key=lambda p: p.evidence.clean_requests_to_clear)  # type: ignore[union-attr]
+            ev = nearest.evidence
+            assert ev is not None
+            message = (f"{slo.sli}: canary served {ev.requests} requests over "
+                       f"{format_duration(min(nearest.pair.long_s, inputs.canary_age_s or nearest.pair.long_s))} "
+                       f"with {ev.errors} errors; about {ev.clean_requests_to_clear} more without errors clear "
+                       f"{nearest.pair.factor:g}x at objective {slo.objective * 100:g}% (sequential test)")
+        else:
+            most = max(p.canary_requests for p in mine)
+            message = f"{slo.sli}: canary served {most:.0f} requests in its short windows"
+        return Verdict(Outcome.INCONCLUSIVE, Reason.INSUFFICIENT_TRAFFIC, message, pairs)
 
     return Verdict(
         Outcome.PASS,

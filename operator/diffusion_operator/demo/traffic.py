@@ -4,9 +4,9 @@ into the pool's HTTPRoute. Nothing here reads the weights or picks a backend.
 
 Each answer is attributed to the revision that served it by the sampler's
 ``x-diffusion-revision`` response header; an answer without one (Traefik's own 502/503/404
-when no backend is ready) counts under :data:`GATEWAY`. Used by tests/e2e,
-benchmarks/rollout_timing.py and ``diffusion-operator dev demo`` does the same in its own
-module. It records what came back; judging that is the caller's job.
+when no backend is ready) counts under :data:`GATEWAY`. Used by ``diffusion-operator dev
+demo``, tests/e2e and benchmarks/rollout_timing.py. It records what came back; judging that
+is the caller's job.
 """
 
 from __future__ import annotations
@@ -77,7 +77,18 @@ class GatewayLoad:
 
         paced(self.rps, self._stop, send)
 
-    def one(self) -> tuple[str, int]:
+    def wait_answering(self, timeout: float = 30.0) -> bool:
+        """Until a sampler (not Traefik itself) answers one request; ``False`` after ``timeout``.
+        Traefik reports a new route Accepted a moment before it serves it, so load that starts
+        at once sees a few 404/503 from the Gateway that no user of a settled route would."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.one(record=False)[0] != GATEWAY:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def one(self, record: bool = True) -> tuple[str, int]:
         """One request; returns (revision that answered, status)."""
         s = getattr(self._session, "s", None)
         if s is None:
@@ -88,6 +99,8 @@ class GatewayLoad:
         except requests.RequestException:
             revision, code = GATEWAY, 0
         now = time.time()
+        if not record:
+            return revision, code
         with self._lock:
             self.codes[revision][code] += 1
             self.first_answer.setdefault(revision, now)
