@@ -444,3 +444,26 @@ def test_argocd_health_check(luahealth, obj, health, message):
     got = _health(luahealth, obj)
     assert got["status"] == health
     assert message in got["message"]
+
+
+#: Verbs that let a holder grant itself more than it was given, or act as someone else.
+ESCALATING_VERBS = {"*", "escalate", "bind", "impersonate"}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sets", [(), ("watchNamespaces={team-a,team-b}",)], ids=["cluster-wide", "namespaced"])
+def test_rendered_rbac_has_no_wildcards_and_reads_secrets_only_by_name(helm, sets):
+    # What `helm install` would create, in both modes: no "*" anywhere, nothing that escalates,
+    # no RBAC objects managed, and Secrets (model credentials) only read one by one, never listed
+    # or watched (a list would hand the operator every Secret's value in the namespace).
+    docs = _render(helm, *sets)
+    rules = [(d["kind"], rule) for d in docs if d["kind"] in ("ClusterRole", "Role") for rule in d["rules"]]
+    assert rules
+    for kind, rule in rules:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule.get(field, []), (kind, rule)
+        assert not set(rule["verbs"]) & ESCALATING_VERBS, (kind, rule)
+        assert "rbac.authorization.k8s.io" not in rule["apiGroups"], (kind, rule)
+        assert not rule.get("nonResourceURLs"), (kind, rule)
+        if "secrets" in rule["resources"]:
+            assert rule["verbs"] == ["get"], (kind, rule)
