@@ -84,6 +84,9 @@ class Settings:
     fault_error_rate: float = 0.0
     fault_latency_s: float = 0.0
     fault_encode_latency_s: float = 0.0
+    #: "nan": every decoded image is NaN (the sampler flags it, serves it flat grey); "noise": every
+    #: image is uniform noise. Tests of the golden-render gate only.
+    fault_image: str = ""
     log_level: str = "INFO"
 
     @classmethod
@@ -126,6 +129,9 @@ class Settings:
             thresholds = tuple(sorted({float(x) for x in _csv(get("SLO_LATENCY_THRESHOLDS_S", ""))}))
         except ValueError as exc:
             raise ConfigError("SAMPLER_SLO_LATENCY_THRESHOLDS_S must be comma-separated seconds") from exc
+        fault_image = get("FAULT_IMAGE", "")
+        if fault_image not in ("", "nan", "noise"):
+            raise ConfigError(f"SAMPLER_FAULT_IMAGE={fault_image!r}; expected nan or noise (or unset)")
         precision = get("PRECISION", "default")
         if precision not in PRECISIONS:
             raise ConfigError(f"SAMPLER_PRECISION={precision!r}; expected one of {PRECISIONS}")
@@ -177,6 +183,7 @@ class Settings:
             fault_error_rate=error_rate,
             fault_latency_s=num("FAULT_LATENCY_S", 0.0, float),
             fault_encode_latency_s=num("FAULT_ENCODE_LATENCY_S", 0.0, float),
+            fault_image=fault_image,
             log_level=get("LOG_LEVEL", "INFO").upper(),
         )
         for name in ("default_width", "default_height", "max_width", "max_height"):

@@ -349,6 +349,10 @@ class Engine:
         denoise_event = self._event()
         # With a compiled decoder, decode the padded batch: bucket shapes only, no recompiles.
         decoded = self._decode(latents if s.compile and s.compile_vae else latents[:n])[:n]
+        if s.fault_image == "nan":  # fault injection (tests): a model whose decoder overflows
+            decoded = decoded * float("nan")
+        elif s.fault_image == "noise":  # fault injection (tests): a model that renders garbage
+            decoded = torch.rand_like(decoded) * 2 - 1
         nan = torch.isnan(decoded).flatten(1).any(1)
         flagged = self.safety.check_images(pipe, decoded.nan_to_num(), self.dtype)
         pixels = ((decoded.nan_to_num() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)

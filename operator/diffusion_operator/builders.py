@@ -99,6 +99,8 @@ def sampler_env(pool_name: str, revision: str, pool: PoolSpec, model: ModelSpec,
         env["SAMPLER_FAULT_ERROR_RATE"] = repr(model.fault_error_rate)
     if model.fault_latency_s:
         env["SAMPLER_FAULT_LATENCY_S"] = repr(model.fault_latency_s)
+    if model.fault_image:
+        env["SAMPLER_FAULT_IMAGE"] = model.fault_image
     return [{"name": k, "value": v} for k, v in env.items()]
 
 

@@ -335,6 +335,22 @@ class Kube:
             self.cache.put(obj)
         return obj
 
+    # --- the Service proxy (golden renders) ------------------------------------------------
+    def service_proxy_post(self, namespace: str, service: str, port: int, path: str, body: dict,
+                           headers: dict[str, str], timeout_s: float) -> tuple[int, bytes]:
+        """POST ``body`` to ``path`` of a Service through the API server's proxy; returns the
+        status and body as answered (the backend's, or the proxy's own 503 when the Service has
+        no ready endpoint). Connection errors and timeouts raise ``ConnectionError``."""
+        url = f"/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/{path.lstrip('/')}"
+        request = self.api_client.param_serialize(
+            "POST", url, body=body, auth_settings=["BearerToken"],
+            header_params={"Accept": "application/json", "Content-Type": "application/json", **headers})
+        try:
+            resp = self.api_client.call_api(*request, _request_timeout=(5, timeout_s))
+            return resp.status, resp.read()
+        except urllib3.exceptions.HTTPError as exc:
+            raise ConnectionError(f"{url}: {exc}") from exc
+
 
 def _message(exc: Exception) -> str:
     body = getattr(exc, "body", None)

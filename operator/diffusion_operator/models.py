@@ -60,8 +60,9 @@ def check_references(kube: KubeAPI, namespace: str, model: ModelSpec, *, allow_f
 
 def fault_injection_summary(model: ModelSpec) -> str:
     """What a model's fault injection does, in words (a condition message and an Event)."""
-    return (f"fault injection on (tests and demos only): errorRate {model.fault_error_rate:g} of requests "
+    text = (f"fault injection on (tests and demos only): errorRate {model.fault_error_rate:g} of requests "
             f"answered 500, latencySeconds {model.fault_latency_s:g} added per batch")
+    return text + (f", every image rendered as {model.fault_image}" if model.fault_image else "")
 
 
 def reconcile_model(kube: KubeAPI, body: dict, *, allow_file_sources: bool,

@@ -4,8 +4,10 @@ A pass is four named steps and a pure status function:
 
 1. ``resolve``: parse the spec, find the DiffusionModel and its Secrets, compute the desired
    revision (model revision + sampler image);
-2. ``advance_rollout``: measure the canary in Prometheus when an analysis is due, then run the
-   rollout state machine (``rollout.state_machine.transition``);
+2. ``advance_rollout``: measure the canary in Prometheus when an analysis is due, render the
+   model's golden prompts on canary and stable while a Ready canary waits for its first
+   traffic (``rollout.renderer``, judged by ``rollout.golden``), then run the rollout state
+   machine (``rollout.state_machine.transition``);
 3. ``apply_children``: server-side apply the Deployments first (they take longest to come up),
    then Services, HTTPRoute, HPA, PDB, NetworkPolicy and monitoring; delete what the rollout
    no longer needs;
@@ -37,8 +39,10 @@ from .models import check_references
 from .pod_health import PodProblem, pods_problem
 from .rollout import state_machine as sm
 from .rollout.checks import check_analysis
+from .rollout.golden import GoldenResult, GoldenSpec, unavailable
 from .rollout.metrics_provider import MetricsProvider, measure
 from .rollout.promql import namespaced_selector
+from .rollout.renderer import Renderer, render_and_judge
 from .rollout.verdict import AnalysisConfig, AnalysisInputs, Verdict, decide
 from .spec import ModelSpec, PoolSpec, model_revision, pool_revision
 
@@ -70,6 +74,8 @@ class PoolResult:
     error: OperatorError | None = None
     #: The analysis this pass ran, if one was due (for the operator's logs and metrics).
     verdict: Verdict | None = None
+    #: The golden renders this pass judged, if any (for the operator's logs).
+    golden: GoldenResult | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,8 @@ class Resolved:
     image: str
     model_revision: str
     desired: str
+    #: The model's golden renders (``spec.goldenRenders``): the canary's gate before traffic.
+    golden: GoldenSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -93,17 +101,18 @@ class Applied:
 
 def reconcile_pool(kube: KubeAPI, pool_obj: dict, *, now: dt.datetime | None = None,
                    options: ReconcileOptions = ReconcileOptions(),
-                   provider_factory: ProviderFactory | None = None) -> PoolResult:
+                   provider_factory: ProviderFactory | None = None, renderer: Renderer | None = None) -> PoolResult:
     now = now or dt.datetime.now(dt.timezone.utc)
     try:
         resolved = resolve(kube, pool_obj, options)
-        ro, rspec, events, verdict = advance_rollout(kube, pool_obj, resolved, now, provider_factory)
+        ro, rspec, events, verdict, golden = advance_rollout(kube, pool_obj, resolved, now, provider_factory,
+                                                             renderer)
         applied = apply_children(kube, pool_obj, resolved, ro)
         pods = kube.select("v1", "Pod", pool_obj["metadata"]["namespace"],
                            {builders.LABEL_POOL: pool_obj["metadata"]["name"]})
         status, more = pool_status(pool_obj, resolved, ro, applied, unschedulable_gpu(pods, resolved.pool),
                                    pods_problem(pods))
-        return PoolResult(status=status, events=events + more, verdict=verdict)
+        return PoolResult(status=status, events=events + more, verdict=verdict, golden=golden)
     except OperatorError as exc:
         return failed_status(pool_obj, exc)
 
@@ -122,15 +131,21 @@ def resolve(kube: KubeAPI, pool_obj: dict, options: ReconcileOptions) -> Resolve
     model = ModelSpec.from_body(pool.model_name, dm.get("spec") or {})
     check_references(kube, ns, model, allow_file_sources=options.allow_file_sources,
                      allow_fault_injection=options.allow_fault_injection)
+    try:
+        golden = GoldenSpec.from_spec((dm.get("spec") or {}).get("goldenRenders"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SpecError(f"DiffusionModel {ns}/{pool.model_name} spec.goldenRenders could not be read: {exc}") from exc
     image = pool.image or options.sampler_image
     mrev = model_revision(model)
-    return Resolved(pool=pool, model=model, image=image, model_revision=mrev, desired=pool_revision(mrev, image))
+    return Resolved(pool=pool, model=model, image=image, model_revision=mrev, desired=pool_revision(mrev, image),
+                    golden=golden)
 
 
 def advance_rollout(kube: KubeAPI, pool_obj: dict, r: Resolved, now: dt.datetime,
-                    provider_factory: ProviderFactory | None,
-                    ) -> tuple[sm.RolloutStatus, sm.RolloutSpec, list[Event], Verdict | None]:
-    """Judge the canary if an analysis is due, then take the state machine's next step."""
+                    provider_factory: ProviderFactory | None, renderer: Renderer | None = None,
+                    ) -> tuple[sm.RolloutStatus, sm.RolloutSpec, list[Event], Verdict | None, GoldenResult | None]:
+    """Judge the canary if an analysis is due (or its golden renders, while it waits for
+    traffic), then take the state machine's next step."""
     meta = pool_obj["metadata"]
     name, ns = meta["name"], meta["namespace"]
     rspec = r.pool.rollout
@@ -144,12 +159,43 @@ def advance_rollout(kube: KubeAPI, pool_obj: dict, r: Resolved, now: dt.datetime
         config = dataclasses.replace(r.pool.analysis,
                                      extra_selector=namespaced_selector(ns, r.pool.analysis.extra_selector))
         verdict = decide(_measure(pool_obj, r, rstatus, config, now, provider_factory), config)
+    golden = _golden_renders(pool_obj, r, rstatus, canary_ready, now, renderer)
     action = sm.SREAction.parse((meta.get("annotations") or {}).get(ACTION_ANNOTATION))
-    decision = sm.transition(rstatus, rspec, sm.Observations(now=now, desired_revision=r.desired,
-                                                             canary_ready=canary_ready, verdict=verdict,
-                                                             verdict_at=now, action=action))
+    decision = sm.transition(rstatus, rspec, sm.Observations(
+        now=now, desired_revision=r.desired, canary_ready=canary_ready, verdict=verdict, verdict_at=now,
+        action=action, golden_gate=r.golden is not None,
+        golden=golden.to_status(sm.format_time(now)) if golden else None))
     events = [(a.event_type or "Normal", a.reason or "Rollout", a.message or "") for a in decision.events]
-    return decision.status, rspec, events, verdict
+    return decision.status, rspec, events, verdict, golden
+
+
+def golden_due(ro: sm.RolloutStatus, r: Resolved, canary_ready: bool, now: dt.datetime) -> bool:
+    """Whether this pass should render: a Ready canary of the desired revision waits in Pending
+    for a gate that has not passed, and a failed try is an analysis interval old."""
+    if r.golden is None or not canary_ready or ro.phase != sm.Phase.PENDING or ro.canary_revision != r.desired:
+        return False
+    last = ro.golden_render or {}
+    if last.get("revision") != ro.canary_revision:
+        return True
+    if last.get("outcome") != "Pending":
+        return False
+    tried = sm.parse_time(last.get("at"))
+    return tried is None or now < tried or (now - tried).total_seconds() >= r.pool.rollout.analysis_interval_s
+
+
+def _golden_renders(pool_obj: dict, r: Resolved, ro: sm.RolloutStatus, canary_ready: bool, now: dt.datetime,
+                    renderer: Renderer | None) -> GoldenResult | None:
+    if not golden_due(ro, r, canary_ready, now):
+        return None
+    assert r.golden is not None and ro.canary_revision and ro.stable_revision
+    if renderer is None:
+        return unavailable(ro.canary_revision, "this operator has no renderer for golden renders")
+    name = pool_obj["metadata"]["name"]
+    return render_and_judge(renderer, r.golden, namespace=pool_obj["metadata"]["namespace"],
+                            revision=ro.canary_revision,
+                            stable_service=builders.revision_name(name, ro.stable_revision),
+                            canary_service=builders.revision_name(name, ro.canary_revision),
+                            port=r.pool.service_port)
 
 
 def _measure(pool_obj: dict, r: Resolved, ro: sm.RolloutStatus, config: AnalysisConfig, now: dt.datetime,

@@ -76,11 +76,13 @@ class ModelSpec:
     #: ``--allow-fault-injection``): the sampler's SAMPLER_FAULT_ERROR_RATE / SAMPLER_FAULT_LATENCY_S.
     fault_error_rate: float = 0.0
     fault_latency_s: float = 0.0
+    #: ``spec.faultInjection.image`` (``nan`` or ``noise``): SAMPLER_FAULT_IMAGE, broken renders.
+    fault_image: str = ""
 
     @property
     def fault_injection(self) -> bool:
         """Whether this model's sampler pods inject faults."""
-        return bool(self.fault_error_rate or self.fault_latency_s)
+        return bool(self.fault_error_rate or self.fault_latency_s or self.fault_image)
 
     @classmethod
     def from_body(cls, name: str, spec: dict) -> ModelSpec:
@@ -118,6 +120,7 @@ class ModelSpec:
             replacement=saf.get("replacement", "black"),
             fault_error_rate=float(faults.get("errorRate", 0.0)),
             fault_latency_s=float(faults.get("latencySeconds", 0.0)),
+            fault_image=str(faults.get("image") or ""),
         )
 
     def output_defining(self) -> dict:
@@ -137,6 +140,8 @@ class ModelSpec:
                      "safety": [self.safety_checker, sorted(self.blocklist), self.replacement]}
         if self.fault_injection:
             out["faults"] = [self.fault_error_rate, self.fault_latency_s]
+            if self.fault_image:
+                out["faults"].append(self.fault_image)
         return out
 
     def to_snapshot(self) -> dict:

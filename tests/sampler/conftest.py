@@ -79,6 +79,8 @@ SERVERS = {
     "img2img": dict(SAMPLER_PIPELINE_KIND="image-to-image"),
     # Every generation request fails by fault injection; probes stay healthy.
     "faulty": dict(SAMPLER_FAULT_ERROR_RATE=1.0, SAMPLER_WARMUP=0),
+    # Every decoded image is NaN by fault injection (what the golden-render gate must catch).
+    "nan": dict(SAMPLER_FAULT_IMAGE="nan", SAMPLER_WARMUP=0),
     # The opt-in speed knobs on and the prompt cache off (its images must match main's), one image
     # per batch, and 1 s of injected PNG-encoding time, to show the worker does not wait for it.
     "tuned": dict(SAMPLER_FUSE_QKV=1, SAMPLER_CHANNELS_LAST=1, SAMPLER_PROMPT_CACHE_SIZE=0,
@@ -117,6 +119,11 @@ def drain_server(sampler_servers) -> SamplerProcess:
 @pytest.fixture(scope="session")
 def faulty_server(sampler_servers) -> SamplerProcess:
     return sampler_servers["faulty"]
+
+
+@pytest.fixture(scope="session")
+def nan_server(sampler_servers) -> SamplerProcess:
+    return sampler_servers["nan"]
 
 
 @pytest.fixture(scope="session")

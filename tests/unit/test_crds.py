@@ -213,7 +213,9 @@ def test_fault_injection_is_bounded_optional_and_says_it_is_test_only():
     assert (rate["type"], rate["minimum"], rate["maximum"]) == ("number", 0, 1)
     assert (latency["type"], latency["minimum"], latency["maximum"]) == ("number", 0, 60)
     assert not any("default" in f for f in (rate, latency))
-    assert [r["rule"] for r in fi["x-kubernetes-validations"]] == ["has(self.errorRate) || has(self.latencySeconds)"]
+    assert [r["rule"] for r in fi["x-kubernetes-validations"]] == \
+        ["has(self.errorRate) || has(self.latencySeconds) || has(self.image)"]
+    assert fi["properties"]["image"]["enum"] == ["nan", "noise"] and "default" not in fi["properties"]["image"]
     schema = schema_of("DiffusionModel")
     doc = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "DiffusionModel", "metadata": {"name": "m"},
            "spec": {"source": {"uri": "pvc://models/sd"}}}

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from diffusion_operator.conditions import ConditionType, Reason
+from diffusion_operator.rollout.golden import GoldenReason
 from diffusion_operator.rollout.state_machine import EventReason
 from diffusion_operator.rollout.verdict import Reason as VerdictReason
 from diffusion_operator.settings import Settings
@@ -48,11 +49,12 @@ def test_every_reason_the_code_sets_is_documented():
     for reason in event_only:
         assert reason in API_MD  # Event reasons, named below the table
     rollout = _conditions_table()["Progressing"]
-    assert _constants(EventReason) <= rollout, sorted(_constants(EventReason) - rollout)
+    rollout_reasons = _constants(EventReason) | _constants(GoldenReason)
+    assert rollout_reasons <= rollout, sorted(rollout_reasons - rollout)
 
 
 def test_every_documented_reason_exists_in_the_code():
-    known = {r.value for r in Reason} | _constants(EventReason) | _constants(VerdictReason)
+    known = {r.value for r in Reason} | _constants(EventReason) | _constants(VerdictReason) | _constants(GoldenReason)
     documented = set().union(*_conditions_table().values())
     assert documented <= known, f"docs/api.md names reasons the code never sets: {sorted(documented - known)}"
 

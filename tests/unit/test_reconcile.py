@@ -295,3 +295,37 @@ def test_new_faulty_revision_warns_and_models_without_faults_do_not():
     faulty = reconcile_model(kube, body, allow_file_sources=True, allow_fault_injection=True)
     assert [e[1] for e in faulty.events] == ["RevisionComputed", "FaultInjectionEnabled"]
     assert faulty.status["revision"] != plain.status["revision"]
+
+
+def test_golden_renders_gate_the_canary_and_a_mismatch_rolls_it_back_before_traffic(kube):
+    from tests.unit.test_golden import STABLE, FakeRenderer, picture
+
+    golden = {"prompts": [{"prompt": "a red bicycle", "seed": 7}, {"prompt": "a lighthouse", "seed": 8}],
+              "maxMeanDifference": 0.05}
+    run(kube)
+    stable_dep = kube.of_kind("Deployment")[0]["metadata"]["name"]
+    kube.set_deployment_ready(stable_dep)
+    run(kube)
+    stable_rev = kube.obj("InferencePool", "tiny")["status"]["rollout"]["stableRevision"]
+    # Listing golden renders is not a new revision: no rollout starts for it.
+    kube.add({**model(), "spec": {**model()["spec"], "goldenRenders": golden}})
+    assert not run(kube).status["rollout"].get("canaryRevision")
+    kube.add({**model(steps=8), "spec": {**model(steps=8)["spec"], "goldenRenders": golden}})
+    canary = run(kube).status["rollout"]["canaryRevision"]
+    renderer = FakeRenderer({f"tiny-{stable_rev}": STABLE, f"tiny-{canary}": [picture(90), picture(91)]})
+
+    def gated_pass(now):
+        body = kube.obj("InferencePool", "tiny")
+        result = reconcile_pool(kube, body, now=now, options=OPTIONS, renderer=renderer)
+        kube.patch_status(API, "InferencePool", "tiny", "ns", merge_patch(body.get("status") or {}, result.status))
+        return result
+
+    kube.set_deployment_ready(f"tiny-{canary}")
+    result = gated_pass(NOW + dt.timedelta(seconds=5))
+    ro = result.status["rollout"]
+    assert {c[0] for c in renderer.calls} == {f"tiny-{stable_rev}", f"tiny-{canary}"}
+    assert ro["phase"] == "RolledBack" and ro["reason"] == "GoldenRenderMismatch" and ro["canaryWeight"] == 0
+    assert ro["goldenRender"]["outcome"] == "Failed" and len(ro["goldenRender"]["renders"]) == 2
+    assert result.golden is not None and result.golden.reason == "GoldenRenderMismatch"
+    assert ("Warning", "GoldenRenderMismatch") in {e[:2] for e in result.events}
+    assert canary in [f["revision"] for f in ro["failedRevisions"]]

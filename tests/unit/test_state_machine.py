@@ -62,7 +62,8 @@ class Driver:
         self.revision = revision
 
     def step(self, seconds: float, *, ready: bool = True, verdict: Verdict | None = None, action: str | None = None,
-             revision: str | None = None, verdict_at: float | None = None) -> Decision:
+             revision: str | None = None, verdict_at: float | None = None, golden_gate: bool = False,
+             golden: dict | None = None) -> Decision:
         obs = Observations(
             now=t(seconds),
             desired_revision=revision or self.revision,
@@ -70,6 +71,8 @@ class Driver:
             verdict=verdict,
             verdict_at=t(verdict_at) if verdict_at is not None else None,
             action=SREAction.parse(action),
+            golden_gate=golden_gate,
+            golden=golden,
         )
         decision = transition(self.status, self.spec, obs)
         stored = RolloutStatus.from_dict(json.loads(json.dumps(decision.status.to_dict())))
@@ -645,3 +648,79 @@ def test_a_healthy_canary_advances_once_the_paging_pairs_are_armed():
     assert drv.status.current_step == 0
     drv.step(390, verdict=_analysis(0.0001, age_s=370), verdict_at=390)
     assert drv.status.current_step == 1 and drv.status.canary_weight == 50
+
+
+# --------------------------------------------------------------------------- golden-render gate
+
+
+def golden(outcome: str, reason: str, revision: str = "r2", at: float = 0, message: str = "m") -> dict:
+    return {"revision": revision, "outcome": outcome, "reason": reason, "message": message,
+            "at": (T0 + timedelta(seconds=at)).isoformat().replace("+00:00", "Z"), "renders": []}
+
+
+def test_golden_gate_holds_a_ready_canary_at_weight_zero_until_its_renders_pass():
+    d = Driver()
+    d.step(0, ready=False)
+    # Ready, but the renders are not judged yet: no traffic, no step.
+    dec = d.step(5, golden_gate=True)
+    assert d.status.phase == Phase.PENDING and d.status.canary_weight == 0 and not dec.actions
+    assert "golden renders" in (d.status.message or "")
+    dec = d.step(6, golden_gate=True, golden=golden("Pending", "GoldenRenderUnavailable", at=6,
+                                                    message="the canary could not render golden render 0"))
+    assert d.status.phase == Phase.PENDING and d.status.canary_weight == 0
+    assert d.status.reason == "GoldenRenderUnavailable" and d.status.golden_render["outcome"] == "Pending"
+    # A failed try is retried one analysis interval later: the operator is woken for it.
+    assert next_wakeup_s(d.status, SPEC, t(6)) == pytest.approx(SPEC.analysis_interval_s)
+    dec = d.step(16, golden_gate=True, golden=golden("Passed", "GoldenRenderPassed", at=16, message="2 renders ok"))
+    assert d.status.phase == Phase.PROGRESSING and d.status.canary_weight == 10
+    assert [e.reason for e in dec.events] == [EventReason.GOLDEN_RENDER_PASSED, EventReason.TRAFFIC_WEIGHT_UPDATED]
+    assert d.status.golden_render["outcome"] == "Passed"
+
+
+@pytest.mark.parametrize("reason", ["GoldenRenderMismatch", "GoldenRenderBlank", "GoldenRenderNaN"])
+def test_golden_render_failure_rolls_back_before_any_traffic(reason):
+    d = Driver()
+    d.step(0, ready=False)
+    dec = d.step(5, golden_gate=True, golden=golden("Failed", reason, message="render 1 (seed 7): difference 0.4"))
+    assert d.status.phase == Phase.ROLLED_BACK and d.status.reason == reason
+    assert "r2" in d.status.failed_revision_names
+    weights = [a.weights for a in dec.actions if a.kind == "set-weights"]
+    assert weights == [{"r1": 100}], "the canary never got a weight"
+    assert any(a.kind == "rollback" and a.reason == reason for a in dec.actions)
+    assert d.status.golden_render["reason"] == reason  # still visible after the rollback
+
+
+def test_golden_renders_never_judged_roll_back_at_the_progress_deadline():
+    d = Driver()
+    d.step(0, ready=False)
+    d.step(5, golden_gate=True,
+           golden=golden("Pending", "GoldenRenderUnavailable", at=5, message="stable answered 503"))
+    dec = d.step(SPEC.progress_deadline_s + 1, golden_gate=True)
+    assert d.status.phase == Phase.ROLLED_BACK and d.status.reason == EventReason.GOLDEN_RENDER_UNAVAILABLE
+    assert "stable answered 503" in d.status.message
+    assert not [a for a in dec.actions if a.kind == "set-weights" and a.weights.get("r2")]
+
+
+def test_golden_result_of_another_revision_does_not_open_the_gate():
+    d = Driver()
+    d.step(0, ready=False)
+    d.step(5, golden_gate=True, golden=golden("Passed", "GoldenRenderPassed", revision="r-old"))
+    assert d.status.phase == Phase.PENDING and d.status.canary_weight == 0
+
+
+def test_a_new_rollout_forgets_the_previous_canarys_golden_renders():
+    d = Driver()
+    d.step(0, ready=False)
+    d.step(5, golden_gate=True, golden=golden("Passed", "GoldenRenderPassed"))
+    assert d.status.golden_render["revision"] == "r2"
+    d.step(10, revision="r3", ready=False)
+    assert d.status.canary_revision == "r3" and d.status.golden_render is None
+    d.step(15, revision="r3", golden_gate=True)
+    assert d.status.phase == Phase.PENDING and d.status.canary_weight == 0
+
+
+def test_without_a_gate_a_ready_canary_steps_as_before():
+    d = Driver()
+    d.step(0, ready=False)
+    d.step(5)
+    assert d.status.phase == Phase.PROGRESSING and d.status.golden_render is None

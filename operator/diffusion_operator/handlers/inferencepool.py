@@ -43,13 +43,19 @@ def run_pool(state: OperatorState, body: dict, *, on_lock=None) -> PoolResult | 
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return None
         started = time.monotonic()
-        result = reconcile_pool(state.kube, fresh, options=state.options, provider_factory=state.provider_for)
+        result = reconcile_pool(state.kube, fresh, options=state.options, provider_factory=state.provider_for,
+                                renderer=state.renderer)
         conclude(state.kube, "InferencePool", fresh, result.status, result.events, result.error,
                  time.monotonic() - started)
         delay = getattr(result.error, "delay", None)
         rt.retry_at = time.monotonic() + delay if delay is not None else None
         if result.verdict is not None:
             _log_verdict(key, result.verdict)
+        if result.golden is not None:
+            g = result.golden
+            log.info("golden renders of %s: %s (%s): %s", g.revision, g.outcome, g.reason, g.message,
+                     extra={"namespace": key[0], "pool": key[1], "revision": g.revision, "outcome": g.outcome,
+                            "reason": g.reason})
         _export_rollout_metrics(key, result.status)
         if result.status.get("phase"):
             state.set_phase(key, result.status["phase"])

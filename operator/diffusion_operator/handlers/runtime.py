@@ -1,10 +1,11 @@
 """What the running operator keeps between handler calls, in one object per process.
 
 ``OperatorState`` lives in Kopf's ``memo.state`` (built at startup, closed at cleanup): the
-settings, the API client with its object cache, the Prometheus clients (one per URL and
-credential, reused across analyses), and a ``PoolRuntime`` per InferencePool (its lock, the
-trigger-coalescing flag, the child states already acted on, its phase for the metrics and
-when a failed pass should be retried). A pool's runtime goes when the pool does.
+settings, the API client with its object cache, the golden-render client (the API server's
+Service proxy), the Prometheus clients (one per URL and credential, reused across analyses),
+and a ``PoolRuntime`` per InferencePool (its lock, the trigger-coalescing flag, the child
+states already acted on, its phase for the metrics and when a failed pass should be retried).
+A pool's runtime goes when the pool does.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..conditions import PoolPhase
 from ..kube import Kube, ObjectCache
 from ..pools import ReconcileOptions
 from ..rollout.metrics_provider import PrometheusProvider
+from ..rollout.renderer import ServiceProxyRenderer
 from ..settings import Settings
 from ..spec import PoolSpec
 
@@ -48,6 +50,7 @@ class OperatorState:
     def __init__(self, settings: Settings, kube: Kube | None = None) -> None:
         self.settings = settings
         self.kube = kube or Kube(cache=ObjectCache(WATCHED_KINDS), kubeconfig=settings.kubeconfig)
+        self.renderer = ServiceProxyRenderer(self.kube)
         self.options = ReconcileOptions(sampler_image=settings.sampler_image,
                                         allow_file_sources=settings.allow_file_sources,
                                         allow_fault_injection=settings.allow_fault_injection)

@@ -17,6 +17,12 @@ Phases::
   starts a rollout: the canary is scaled up with weight 0 (``Pending``).
 - Only a Ready canary gets traffic. Not Ready within ``progressDeadlineSeconds`` of the start
   -> roll back (``CanaryNotReady``).
+- Golden-render gate (when the model lists ``goldenRenders``): a Ready canary still gets no
+  traffic until the operator's comparison of its renders with the stable's
+  (``Observations.golden``, :mod:`.golden`) passed. Failed -> roll back with the gate's reason
+  (``GoldenRenderMismatch``, ``GoldenRenderBlank``, ``GoldenRenderNaN``) before any request;
+  not judged (a revision could not render) -> hold and retry every analysis interval, and roll
+  back at the progress deadline (``GoldenRenderUnavailable``).
 - Each step sets the weight, then waits its pause. It advances when the pause is over, the
   canary is Ready and the latest analysis, taken after the step started, passed. Inconclusive
   and error verdicts hold the weight and never promote; a step that cannot advance within
@@ -120,6 +126,10 @@ class EventReason:
     PREVIOUSLY_FAILED = "RevisionPreviouslyFailed"
     ACTION_IGNORED = "ActionIgnored"
     ANALYSIS_ARMING = "AnalysisArming"
+    #: The canary's golden renders matched the stable's (:mod:`.golden`); failures use the
+    #: gate's own reasons (``GoldenRenderMismatch``, ``GoldenRenderBlank``, ``GoldenRenderNaN``).
+    GOLDEN_RENDER_PASSED = "GoldenRenderPassed"
+    GOLDEN_RENDER_UNAVAILABLE = "GoldenRenderUnavailable"
     REVISION_SCALED_DOWN = "RevisionScaledDown"
 
 
@@ -228,6 +238,8 @@ class RolloutStatus:
     failed_revisions: tuple[Mapping[str, Any], ...] = ()
     history: tuple[Mapping[str, Any], ...] = ()
     scale_down_queue: tuple[Mapping[str, Any], ...] = ()
+    #: The golden-render gate's last result for the canary (``golden.GoldenResult.to_status``).
+    golden_render: Mapping[str, Any] | None = None
 
     _KEYS = {
         "phase": "phase",
@@ -247,6 +259,7 @@ class RolloutStatus:
         "failed_revisions": "failedRevisions",
         "history": "history",
         "scale_down_queue": "scaleDownQueue",
+        "golden_render": "goldenRender",
     }
 
     def to_dict(self) -> dict[str, Any]:
@@ -315,6 +328,10 @@ class Observations:
     #: When the verdict was measured; defaults to ``now``.
     verdict_at: datetime | None = None
     action: SREAction | None = None
+    #: Whether the canary's model lists golden renders: then it gets no traffic before
+    #: ``golden`` (the gate's result for the canary revision) says ``Passed``.
+    golden_gate: bool = False
+    golden: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -395,6 +412,11 @@ def next_wakeup_s(status: RolloutStatus, spec: RolloutSpec, now: datetime) -> fl
             started = parse_time(status.rollout_started_at)
             if started:
                 times.append(_secs(started, now) + spec.progress_deadline_s)
+            golden = status.golden_render or {}
+            tried = parse_time(golden.get("at"))
+            if golden.get("revision") == status.canary_revision and golden.get("outcome") == "Pending" and tried:
+                # Renders that could not be made are tried again one analysis interval later.
+                times.append(_secs(tried, now) + spec.analysis_interval_s)
         else:
             step = _step(spec, status.current_step)
             started = parse_time(status.step_started_at)
@@ -710,6 +732,7 @@ def _track_revision(run: _Run) -> None:
         consecutive_errors=0,
         paused_by=None,
         last_analysis=None,
+        golden_render=None,
         reason=EventReason.ROLLOUT_STARTED,
         message=f"canary {desired} scaling up; no traffic until Ready",
     )
@@ -731,10 +754,21 @@ def _progress(run: _Run) -> None:
         started = parse_time(s["rollout_started_at"]) or obs.now
         # Readiness observed at the very instant the rollout started was taken before the
         # canary was scaled up (a reused Deployment, a retry): wait for a later observation.
+        gate = None
         if obs.canary_ready and obs.now > started:
-            run.enter_step(0)
-            return
+            gate = _golden_gate(run)
+            if gate == "open":
+                run.enter_step(0)
+            if gate != "held":
+                return
         if _secs(obs.now, started) >= spec.progress_deadline_s:
+            if gate == "held":
+                run.rollback(
+                    EventReason.GOLDEN_RENDER_UNAVAILABLE,
+                    f"golden renders not judged within progressDeadlineSeconds={spec.progress_deadline_s}: "
+                    f"{(s['golden_render'] or {}).get('message') or 'no result'}",
+                )
+                return
             run.rollback(
                 EventReason.CANARY_NOT_READY,
                 f"canary not Ready within progressDeadlineSeconds={spec.progress_deadline_s}",
@@ -766,6 +800,32 @@ def _progress(run: _Run) -> None:
             f"step {index + 1} could not advance within pause + progressDeadlineSeconds "
             f"({pause}+{spec.progress_deadline_s}s); last analysis: {why}: {last.get('message', '')}".rstrip(": "),
         )
+
+
+def _golden_gate(run: _Run) -> str:
+    """For a Ready canary in Pending: ``open`` (no gate, or its renders passed), ``failed``
+    (rolled back here: the renders failed) or ``held`` (not judged yet)."""
+    obs, s = run.obs, run.s
+    if not obs.golden_gate:
+        return "open"
+    rev = s["canary_revision"]
+    stored = s["golden_render"] or {}
+    if stored.get("revision") == rev and stored.get("outcome") == "Passed":
+        return "open"
+    got = obs.golden
+    if got is None or got.get("revision") != rev:
+        run.set(message=f"canary {rev} Ready; no traffic until its golden renders are judged")
+        return "held"
+    run.set(golden_render=dict(got))
+    if got.get("outcome") == "Passed":
+        run.event("Normal", EventReason.GOLDEN_RENDER_PASSED, f"revision {rev}: {got.get('message')}")
+        return "open"
+    if got.get("outcome") == "Failed":
+        run.rollback(got.get("reason") or "GoldenRenderMismatch", got.get("message") or "golden renders failed")
+        return "failed"
+    run.set(reason=got.get("reason") or EventReason.GOLDEN_RENDER_UNAVAILABLE,
+            message=_trim(f"canary {rev} Ready; no traffic until its golden renders are judged: {got.get('message')}"))
+    return "held"
 
 
 def traffic_seconds(spec: RolloutSpec, after_step: int = -1) -> int:
