@@ -199,6 +199,9 @@ def create_app(state: State) -> Gateway:
         if exc.status_code == 413:
             return _error(413, f"request body is larger than {settings.max_body_bytes} bytes "
                                "(SAMPLER_MAX_BODY_BYTES)", None, "body_too_large")
+        if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8, a broken form)
+            return _error(400, f"malformed request body ({exc.detail}): send a JSON object in UTF-8", None,
+                          "invalid_body")
         return _error(exc.status_code, str(exc.detail), None, None, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -208,13 +211,13 @@ def create_app(state: State) -> Gateway:
         return _error(500, "internal error", None, "internal_error")
 
     # -- probes and metrics ----------------------------------------------------------------
-    @app.get("/healthz", tags=["probes"])
+    @app.get("/healthz", tags=["probes"], responses={500: _STATUS_RESPONSE})
     async def healthz():
         if state.batcher.failed is not None:
             return JSONResponse({"status": "failed"}, status_code=500)
         return {"status": "alive"}
 
-    @app.get("/readyz", tags=["probes"])
+    @app.get("/readyz", tags=["probes"], responses={503: _STATUS_RESPONSE})
     async def readyz():
         if state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
@@ -224,7 +227,8 @@ def create_app(state: State) -> Gateway:
             return JSONResponse({"status": "loading"}, status_code=503)
         return {"status": "ready", "model": settings.model_name, "revision": settings.revision}
 
-    @app.get("/metrics", tags=["probes"])
+    @app.get("/metrics", tags=["probes"], response_class=Response,
+             responses={200: {"description": "Prometheus text exposition", "content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -295,7 +299,7 @@ def create_app(state: State) -> Gateway:
         info = [{"seed": r.seed, "safety": r.safety, "quality": r.quality, "timings": timings} for r in results]
         return info, pngs
 
-    @app.post("/v1/images/generations", tags=["openai"])
+    @app.post("/v1/images/generations", tags=["openai"], responses=ERROR_RESPONSES)
     async def generations(body: ImageGenerationRequest, request: Request):
         """OpenAI Images API: text to image. Extensions: negative_prompt, steps, guidance_scale,
         seed, scheduler, timeout_s."""
@@ -307,7 +311,7 @@ def create_app(state: State) -> Gateway:
         info, pngs = await run(request, shape, items, timeout)
         return _openai_response(info, pngs, body.response_format, shape)
 
-    @app.post("/v1/generate", tags=["native"])
+    @app.post("/v1/generate", tags=["native"], responses=ERROR_RESPONSES)
     async def generate(body: GenerateRequest, request: Request):
         """Native form: per image its seed, the model revision, timings and the safety outcome."""
         image, mask = body.image, body.mask
@@ -341,7 +345,7 @@ def create_app(state: State) -> Gateway:
             ],
         }
 
-    @app.post("/v1/images/edits", tags=["openai"], openapi_extra=_EDITS_OPENAPI)
+    @app.post("/v1/images/edits", tags=["openai"], openapi_extra=_EDITS_OPENAPI, responses=ERROR_RESPONSES)
     async def edits(request: Request):
         """OpenAI Images API edits (multipart): image-to-image, or inpainting with a mask."""
         if settings.pipeline_kind == "text-to-image":
@@ -406,6 +410,38 @@ def _openai_response(info: list[dict], pngs: list[bytes], response_format: str |
         data.append(entry)
     return {"created": int(time.time()), "data": data, "output_format": "png"}
 
+
+#: The OpenAI error shape every non-2xx answer of the generation endpoints has.
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}},
+    }},
+}
+_STATUS_RESPONSE = {"description": "Not alive or not ready",
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}}}}
+
+
+def _error_response(why: str) -> dict:
+    return {"description": why, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+
+#: Every status the generation endpoints answer besides 200, as documented in docs/sampler.md.
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: _error_response("Malformed JSON or no body"),
+    413: _error_response("Body larger than SAMPLER_MAX_BODY_BYTES"),
+    422: _error_response("A field out of its limits or of the wrong type (param names it)"),
+    429: _error_response("Queue full; Retry-After says when to retry"),
+    499: _error_response("The client closed the request while it was queued"),
+    500: _error_response("Generation failed (or injected fault, tests only)"),
+    503: _error_response("Loading, draining or failed; Retry-After"),
+    504: _error_response("Not started within its deadline (timeout_s)"),
+}
 
 _EDITS_OPENAPI = {
     "requestBody": {

@@ -44,6 +44,10 @@ class ApiError(Exception):
 
 
 class _Extensions(BaseModel):
+    # Strict: JSON types as documented (true is not a guidance scale, "4" not a step count);
+    # an integer is still a number.
+    model_config = ConfigDict(strict=True)
+
     negative_prompt: str | None = Field(None, description="What to steer away from.")
     steps: int | None = Field(None, description="Denoising steps (default and limit from configuration).")
     guidance_scale: float | None = Field(None, description="Classifier-free guidance scale, 0..50.")
@@ -56,7 +60,7 @@ class ImageGenerationRequest(_Extensions):
     """OpenAI ``POST /v1/images/generations`` plus the extensions above. Unknown OpenAI fields
     (quality, style, user, ...) are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     prompt: str
     model: str | None = None
     n: int | None = Field(None, description="Number of images (1..SAMPLER_MAX_IMAGES).")
@@ -68,7 +72,7 @@ class ImageGenerationRequest(_Extensions):
 class GenerateRequest(_Extensions):
     """The native form: explicit width/height, input images as base64."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     prompt: str
     n: int | None = None
     width: int | None = None

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import pytest
 
+from diffusion_operator.demo.traffic import REQUEST
 from tests.e2e.test_rollouts import (
     assert_gateway_never_failed,
     assert_rolled_back_cleanly,
     assert_users_saw_no_errors,
     canary_weights_seen,
 )
-from tests.support.rollouts import CANARY_PATCH, DM_SPEC, rollout_spec
+from tests.support.rollouts import CANARY_PATCH, DM_SPEC, LABEL_POOL, POOL, rollout_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
@@ -49,6 +50,7 @@ def test_golden_renders_keep_a_broken_canary_from_every_request_and_let_a_good_o
     assert broken not in load.codes, f"users were answered by the broken canary: {dict(load.codes[broken])}"
     for prompt in GOLDEN["prompts"]:
         assert prompt["prompt"] not in str(scenario.pool()["status"]), "a prompt was written to status"
+    pod_logs = [sampler_logs(scenario)]
 
     # A good canary (the same change without the fault: a merge patch removes it with null)
     # renders what the stable renders and goes on to take traffic.
@@ -66,3 +68,17 @@ def test_golden_renders_keep_a_broken_canary_from_every_request_and_let_a_good_o
     assert_users_saw_no_errors(load, good)
     assert_users_saw_no_errors(load, stable)
     assert_gateway_never_failed(load, scenario)
+
+    # No prompt, golden or users', in any log: the operator's, or the samplers' (which log a hash).
+    pod_logs.append(sampler_logs(scenario))
+    for prompt in [p["prompt"] for p in GOLDEN["prompts"]] + [REQUEST["prompt"]]:
+        assert prompt not in operator_ctl.output, f"the operator logged a prompt: {prompt!r}"
+        for logs in pod_logs:
+            assert prompt not in logs, f"a sampler pod logged a prompt: {prompt!r}"
+    assert all('"prompt_hash"' in logs and '"golden-render"' in logs for logs in pod_logs)
+
+
+def sampler_logs(scenario) -> str:
+    """Everything the pool's sampler pods have logged so far."""
+    return scenario.kubectl("logs", "-l", f"{LABEL_POOL}={POOL}", "--tail=-1", "--prefix", "--all-containers",
+                            check=False).stdout

@@ -76,9 +76,16 @@ SERVERS = {
     # Shut down by its test.
     "drain": dict(SAMPLER_MAX_BATCH_SIZE=2, SAMPLER_MAX_WAIT_MS=10, SAMPLER_FAULT_LATENCY_S=1.0,
                   SAMPLER_DRAIN_TIMEOUT_S=60),
-    "img2img": dict(SAMPLER_PIPELINE_KIND="image-to-image"),
+    # Image-to-image; small limits, since test_fuzz.py fuzzes its edits endpoint as well.
+    "img2img": dict(SAMPLER_PIPELINE_KIND="image-to-image", SAMPLER_MAX_STEPS=4, SAMPLER_MAX_WIDTH=64,
+                    SAMPLER_MAX_HEIGHT=64, SAMPLER_MAX_IMAGES=2, SAMPLER_MAX_BODY_BYTES=262144),
     # Every generation request fails by fault injection; probes stay healthy.
     "faulty": dict(SAMPLER_FAULT_ERROR_RATE=1.0, SAMPLER_WARMUP=0),
+    # Fuzzed from its own OpenAPI document (test_fuzz.py): limits small enough that every request
+    # the schema allows is cheap to serve (at most 2 images of 64x64 in 4 steps).
+    "fuzz": dict(SAMPLER_MAX_STEPS=4, SAMPLER_MAX_WIDTH=64, SAMPLER_MAX_HEIGHT=64, SAMPLER_MAX_IMAGES=2,
+                 SAMPLER_MAX_PROMPT_LENGTH=300, SAMPLER_MAX_BODY_BYTES=65536, SAMPLER_MAX_BATCH_SIZE=4,
+                 SAMPLER_MAX_WAIT_MS=5, SAMPLER_REQUEST_TIMEOUT_S=60, SAMPLER_WARMUP=0),
     # Every decoded image is NaN by fault injection (what the golden-render gate must catch).
     "nan": dict(SAMPLER_FAULT_IMAGE="nan", SAMPLER_WARMUP=0),
     # The opt-in speed knobs on and the prompt cache off (its images must match main's), one image
@@ -119,6 +126,11 @@ def drain_server(sampler_servers) -> SamplerProcess:
 @pytest.fixture(scope="session")
 def faulty_server(sampler_servers) -> SamplerProcess:
     return sampler_servers["faulty"]
+
+
+@pytest.fixture(scope="session")
+def fuzz_server(sampler_servers) -> SamplerProcess:
+    return sampler_servers["fuzz"]
 
 
 @pytest.fixture(scope="session")

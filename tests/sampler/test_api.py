@@ -132,6 +132,23 @@ BAD_INPUT = [
     ("openai-size-over-limit", "/v1/images/generations", {"prompt": "x", "size": "1024x1024"}, 422, "width",
      ["128"]),
     ("openai-n-over-limit", "/v1/images/generations", {"prompt": "x", "n": 5}, 422, "n", ["1 and 4"]),
+    ("huge-n", "/v1/generate", {"prompt": "x", "n": 10**12}, 422, "n", ["1 and 4"]),
+    ("zero-n", "/v1/generate", {"prompt": "x", "n": 0}, 422, "n", ["1 and 4"]),
+    ("fractional-n", "/v1/generate", {"prompt": "x", "n": 2.5}, 422, "n", ["integer"]),
+    ("negative-steps", "/v1/generate", {"prompt": "x", "steps": -3}, 422, "steps", ["between 1 and 50"]),
+    ("boolean-steps", "/v1/generate", {"prompt": "x", "steps": True}, 422, "steps", ["integer"]),
+    ("numeric-string-steps", "/v1/generate", {"prompt": "x", "steps": "4"}, 422, "steps", ["integer"]),
+    ("negative-width", "/v1/generate", {"prompt": "x", "width": -64}, 422, "width", ["between 8 and 128"]),
+    ("huge-height", "/v1/generate", {"prompt": "x", "height": 2**40}, 422, "height", ["between 8 and 128"]),
+    ("negative-seed", "/v1/generate", {"prompt": "x", "seed": -1}, 422, "seed", ["seed"]),
+    ("seed-beyond-64-bits", "/v1/generate", {"prompt": "x", "seed": 2**70}, 422, "seed", ["seed"]),
+    ("prompt-not-a-string", "/v1/generate", {"prompt": ["a", "cat"]}, 422, "prompt", ["string"]),
+    ("very-long-unicode-prompt", "/v1/generate", {"prompt": "\U0001F600" * 201}, 422, "prompt", ["limit is 200"]),
+    ("openai-huge-size", "/v1/images/generations", {"prompt": "x", "size": "99999999999x9"}, 422, "width",
+     ["between 8 and 128"]),
+    ("openai-half-size", "/v1/images/generations", {"prompt": "x", "size": "64x"}, 422, "size", ["WIDTHxHEIGHT"]),
+    ("openai-bad-response-format", "/v1/images/generations", {"prompt": "x", "response_format": "gif"}, 422,
+     "response_format", ["b64_json"]),
 ]
 
 
@@ -144,6 +161,20 @@ def test_bad_input_gets_422_naming_the_field_and_limit(server, case):
     assert error["param"] == param
     for word in words:
         assert word in error["message"], error
+
+
+def test_bodies_that_are_not_a_json_object_get_a_4xx_with_a_reason(server):
+    # Not UTF-8 at all (a Latin-1 prompt sent as raw bytes).
+    resp = server.post("/v1/generate", data=b'{"prompt": "caf\xe9"}', headers={"content-type": "application/json"})
+    error = resp.json()["error"]
+    assert resp.status_code == 400 and "malformed" in error["message"] and error["code"] == "invalid_body", error
+    # No body, an empty body, a JSON array, and a form instead of JSON.
+    for data, ctype in ((None, None), (b"", "application/json"), (b'["a cat"]', "application/json"),
+                        (b"prompt=a+cat", "application/x-www-form-urlencoded")):
+        resp = server.post("/v1/generate", data=data, headers={"content-type": ctype} if ctype else {})
+        assert 400 <= resp.status_code < 500, (data, ctype, resp.status_code, resp.text)
+        error = resp.json()["error"]
+        assert error["message"] and (error["param"] or error["code"]), (data, ctype, error)
 
 
 def test_malformed_json_is_400(server):

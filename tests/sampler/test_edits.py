@@ -41,3 +41,18 @@ def test_native_image_to_image_and_its_input_errors(img2img_server):
     assert masked.status_code == 422 and "does not take a mask" in masked.json()["error"]["message"]
     broken = img2img_server.post("/v1/generate", {"prompt": "x", "image": base64.b64encode(b"nope").decode()})
     assert broken.status_code == 422 and "not a readable image" in broken.json()["error"]["message"]
+
+
+def test_uploads_that_are_not_images_are_422_naming_the_part(img2img_server):
+    bad_b64 = img2img_server.post("/v1/generate", {"prompt": "x", "image": "@@ not base64 @@"})
+    assert bad_b64.status_code == 422 and bad_b64.json()["error"]["param"] == "image"
+    assert "not valid base64" in bad_b64.json()["error"]["message"]
+    text = img2img_server.post("/v1/images/edits", data={"prompt": "x"},
+                               files={"image": ("notes.txt", b"just some text", "text/plain")})
+    assert text.status_code == 422 and text.json()["error"]["param"] == "image", text.text
+    assert "not a readable image" in text.json()["error"]["message"]
+    mask = img2img_server.post("/v1/images/edits", data={"prompt": "x"},
+                               files={"image": ("in.png", _png(), "image/png"), "mask": ("m.png", b"\x89PNG broken")})
+    assert mask.status_code == 422 and mask.json()["error"]["param"] == "mask", mask.text
+    no_image = img2img_server.post("/v1/images/edits", data={"prompt": "x"}, files={"other": ("a", b"b")})
+    assert no_image.status_code == 422 and no_image.json()["error"]["param"] == "image", no_image.text
