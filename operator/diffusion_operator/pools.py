@@ -174,13 +174,13 @@ def golden_due(ro: sm.RolloutStatus, r: Resolved, canary_ready: bool, now: dt.da
     for a gate that has not passed, and a failed try is an analysis interval old."""
     if r.golden is None or not canary_ready or ro.phase != sm.Phase.PENDING or ro.canary_revision != r.desired:
         return False
-    last = ro.golden_render or {}
-    if last.get("revision") != ro.canary_revision:
-        return True
-    if last.get("outcome") != "Pending":
+    if (ro.golden_render or {}).get("revision") != ro.canary_revision:
+        return True  # not tried yet for this canary
+    retry = sm.golden_retry_at(ro, r.pool.rollout)
+    if retry is None:
         return False
-    tried = sm.parse_time(last.get("at"))
-    return tried is None or now < tried or (now - tried).total_seconds() >= r.pool.rollout.analysis_interval_s
+    tried = retry - dt.timedelta(seconds=r.pool.rollout.analysis_interval_s)
+    return now >= retry or now < tried  # a clock that stepped back retries at once
 
 
 def _golden_renders(pool_obj: dict, r: Resolved, ro: sm.RolloutStatus, canary_ready: bool, now: dt.datetime,

@@ -130,8 +130,6 @@ class Render:
     png: bytes
     #: The sampler's quality flag: ``ok``, ``blank`` or ``nan``.
     quality: str = "ok"
-    #: The safety outcome: ``passed``, ``blocked_prompt`` or ``blocked_image``.
-    safety: str = "passed"
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,7 @@ class ServiceProxyRenderer:
             raise RenderUnavailable(f"Service {service} answered {status}: {_error_text(data)}")
         try:
             image = json.loads(data)["images"][0]
-            return Render(png=base64.b64decode(image["image"], validate=True), quality=image.get("quality", "ok"),
-                          safety=(image.get("safety") or {}).get("outcome", "passed"))
+            return Render(png=base64.b64decode(image["image"], validate=True), quality=image.get("quality", "ok"))
         except (ValueError, KeyError, IndexError, TypeError, binascii.Error) as exc:
             raise RenderUnavailable(f"Service {service} answered 200 without an image: {exc}") from exc
 

@@ -78,6 +78,7 @@ __all__ = [
     "canary_age_s",
     "desired_weights",
     "format_time",
+    "golden_retry_at",
     "next_wakeup_s",
     "parse_time",
     "transition",
@@ -412,11 +413,9 @@ def next_wakeup_s(status: RolloutStatus, spec: RolloutSpec, now: datetime) -> fl
             started = parse_time(status.rollout_started_at)
             if started:
                 times.append(_secs(started, now) + spec.progress_deadline_s)
-            golden = status.golden_render or {}
-            tried = parse_time(golden.get("at"))
-            if golden.get("revision") == status.canary_revision and golden.get("outcome") == "Pending" and tried:
-                # Renders that could not be made are tried again one analysis interval later.
-                times.append(_secs(tried, now) + spec.analysis_interval_s)
+            retry = golden_retry_at(status, spec)
+            if retry is not None:
+                times.append(_secs(retry, now))
         else:
             step = _step(spec, status.current_step)
             started = parse_time(status.step_started_at)
@@ -429,6 +428,16 @@ def next_wakeup_s(status: RolloutStatus, spec: RolloutSpec, now: datetime) -> fl
         times.append(0.0 if last is None or last > now else _secs(last, now) + spec.analysis_interval_s)
     future = [max(0.0, t) for t in times]
     return min(future) if future else None
+
+
+def golden_retry_at(status: RolloutStatus, spec: RolloutSpec) -> datetime | None:
+    """When golden renders the canary could not make (outcome ``Pending``) are tried again: one
+    analysis interval after the last try. None when there is nothing to retry."""
+    golden = status.golden_render or {}
+    tried = parse_time(golden.get("at"))
+    if golden.get("revision") != status.canary_revision or golden.get("outcome") != "Pending" or tried is None:
+        return None
+    return tried + timedelta(seconds=spec.analysis_interval_s)
 
 
 def _step(spec: RolloutSpec, index: int | None) -> Step | None:
