@@ -115,6 +115,10 @@ def prometheus(prometheus_bin, tmp_path_factory):
             "diffusion:availability_error_ratio:rate5m", "diffusion:latency_error_ratio:rate5m",
             "diffusion:quality_error_ratio:rate5m")), 30, 0.5, "the recording rules to have values",
             ignoring=(requests.RequestException,))
+        # The operator's counters were set before its first scrape: rate() and increase() need two
+        # samples of them in their window (CI once queried after one and found no series).
+        wait_for(lambda: prom_query(prom.url, "count_over_time(diffusion_operator_errors_total[1m]) >= 2"),
+                 30, 0.5, "two scrapes of the operator's metrics", ignoring=(requests.RequestException,))
         yield prom
     finally:
         op_server.shutdown()
